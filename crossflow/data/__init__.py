@@ -1,0 +1,1 @@
+"""Data: the synthetic shapes dataset, shard writing and the webdataset pipeline."""

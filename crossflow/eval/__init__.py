@@ -1,0 +1,1 @@
+"""Evaluation: measuring generated images against their prompts."""
