@@ -1,0 +1,69 @@
+"""``python train.py fit --config configs/demo.yaml``: LightningCLI over the CrossFlow module and shard data."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+from crossflow.datamodule import ShardDataModule
+from crossflow.errors import CrossFlowError
+from crossflow.lit_module import CrossFlowLitModule
+
+
+def git_sha() -> str | None:
+    """The current commit of the source tree (None outside a git checkout)."""
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunInfo(pl.Callback):
+    """Writes ``run_info.json`` (git SHA, command line, versions) next to the resolved config."""
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run_dir = trainer.log_dir or trainer.default_root_dir
+        os.makedirs(run_dir, exist_ok=True)
+        info: dict[str, Any] = {
+            "git_sha": git_sha(), "argv": sys.argv, "python": platform.python_version(),
+            "torch": torch.__version__, "lightning": pl.__version__, "world_size": trainer.world_size,
+        }
+        with open(os.path.join(run_dir, "run_info.json"), "w") as f:
+            json.dump(info, f, indent=2)
+
+
+class CrossFlowCLI(LightningCLI):
+    """LightningCLI with CrossFlow's links: sizes derived from the model config are never repeated."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.link_arguments("model.model.codec.image_size", "data.image_size", apply_on="parse")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of train.py; user errors become one line on stderr and exit status 2."""
+    torch.set_float32_matmul_precision("high")
+    try:
+        CrossFlowCLI(
+            CrossFlowLitModule,
+            ShardDataModule,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [RunInfo()]},
+        )
+    except CrossFlowError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,96 @@
+"""Noise-free cross-modal flow matching: the probability path, its target, time sampling, losses.
+
+Pure tensor math, no Lightning. Convention: t = 0 is the text latent ``z_text`` and t = 1 the image
+latent ``z_image`` (Liu et al., "Flowing from Words to Pixels", arXiv 2412.15213, Sec. 3 / Eq. 1-2,
+with the optimal-transport path of Lipman et al. 2023, Eq. 20-23, where the *source* is z_text instead
+of Gaussian noise).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+SIGMA_MIN = 1e-5
+
+TimeSampling = Literal["uniform", "logit_normal"]
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-sample time (B,) against a latent (B, ...)."""
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def path_sample(
+    z_text: torch.Tensor, z_image: torch.Tensor, t: torch.Tensor, sigma_min: float = SIGMA_MIN
+) -> torch.Tensor:
+    """x_t = t·z_image + (1 − (1 − σ_min)·t)·z_text: the point at time t on the straight path."""
+    t = _expand(t, z_image)
+    return t * z_image + (1 - (1 - sigma_min) * t) * z_text
+
+
+def target_velocity(z_text: torch.Tensor, z_image: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
+    """v* = d x_t / dt = z_image − (1 − σ_min)·z_text: constant along the path."""
+    return z_image - (1 - sigma_min) * z_text
+
+
+def sample_time(
+    batch_size: int,
+    kind: TimeSampling = "uniform",
+    *,
+    mean: float = 0.0,
+    std: float = 1.0,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw training times t ∈ (0, 1).
+
+    ``logit_normal`` (SD3, Esser et al. 2024, Eq. 19; the paper's choice) puts little mass near t = 0,
+    where a text-to-image sampler *starts*: with a highly structured z_text this can leave the first
+    Euler steps untrained (see DESIGN.md, "a throwaway prototype"). ``uniform`` covers [0, 1] evenly.
+    """
+    if kind == "uniform":
+        return torch.rand(batch_size, device=device, generator=generator)
+    if kind == "logit_normal":
+        return torch.sigmoid(mean + std * torch.randn(batch_size, device=device, generator=generator))
+    raise ValueError(f"unknown time sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+
+
+def flow_matching_loss(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between predicted and target velocity (the paper's L_FM)."""
+    return F.mse_loss(v_pred.float(), v_target.float())
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = μ + σ·ε with ε ~ N(0, I): the VE's differentiable sample (Kingma & Welling 2014)."""
+    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)), averaged over *elements* (so its weight does not scale with latent size)."""
+    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).mean()
+
+
+def cfg_unconditional_mask(
+    batch_size: int, p_uncond: float, device: torch.device | str | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Bernoulli(p) mask of samples trained as *unconditional* (indicator = 1) for CFG."""
+    return torch.rand(batch_size, device=device, generator=generator) < p_uncond
+
+
+def roll_unconditional_targets(z_image: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    """Swap each unconditional sample's image for another unconditional sample's image.
+
+    CrossFlow has no "empty text" to flow from, so the unconditional branch learns to map a text
+    latent to an image *unrelated to it*: targets are rolled by one within the unconditional subset
+    (paper Sec. 3.3). With fewer than two unconditional samples nothing can be swapped.
+    """
+    idx = uncond.nonzero(as_tuple=True)[0]
+    if idx.numel() < 2:
+        return z_image
+    out = z_image.clone()
+    out[idx] = z_image[idx.roll(1)]
+    return out

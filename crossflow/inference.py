@@ -1,0 +1,218 @@
+"""CrossFlowPipeline: prompts -> images from a checkpoint or a saved folder.
+
+    pipe = CrossFlowPipeline.from_pretrained("runs/demo/checkpoints/last.ckpt")
+    images = pipe(["a small red circle in the top left"], num_steps=50, generator=torch.Generator().manual_seed(0))
+    pipe.save_pretrained("exported/demo")      # config.json + model.safetensors
+
+Used by sample.py, the training callbacks, evaluation and the latent-editing tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from crossflow import flow
+from crossflow.config import ModelConfig
+from crossflow.errors import CrossFlowError
+from crossflow.models.codec import build_codec
+from crossflow.models.crossflow import CrossFlowModel
+from crossflow.models.text_encoder import FrozenTextEncoder
+from crossflow.sampling import Solver, classifier_free_guidance, solve_ode
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# Chosen by bench/guidance_sweep.py on the shapes demo (docs/results.md): at this scale strong guidance
+# hurts size and shape, so the default is mild.
+DEFAULT_GUIDANCE_SCALE = 1.0
+DEFAULT_NUM_STEPS = 50
+
+
+def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, state dict of CrossFlowModel) from a folder, a .safetensors file or a Lightning .ckpt."""
+    if path.is_dir():
+        config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        if not config_file.exists() or not weights_file.exists():
+            raise CrossFlowError(f"{path} is not a saved CrossFlow model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        return ModelConfig.from_dict(json.loads(config_file.read_text())), load_file(str(weights_file))
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "crossflow_config" in meta:
+            config = ModelConfig.from_dict(json.loads(meta["crossflow_config"]))
+        elif (path.parent / CONFIG_NAME).exists():
+            config = ModelConfig.from_dict(json.loads((path.parent / CONFIG_NAME).read_text()))
+        else:
+            raise CrossFlowError(f"{path} has no CrossFlow config (metadata or {CONFIG_NAME} beside it)")
+        return config, load_file(str(path))
+    try:
+        # weights_only: loading a checkpoint must never execute pickled code.
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CrossFlowError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from err
+    meta = ckpt.get("crossflow") if isinstance(ckpt, dict) else None
+    if not meta or "config" not in meta:
+        raise CrossFlowError(f"{path} is not a CrossFlow checkpoint (no model config inside)")
+    if use_ema and "ema_state_dict" in ckpt:
+        state = ckpt["ema_state_dict"]
+    else:
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return ModelConfig.from_dict(meta["config"]), state
+
+
+class CrossFlowPipeline:
+    """Text encoder + VE + flow transformer + codec, ready to sample."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        model: CrossFlowModel,
+        text_encoder: FrozenTextEncoder,
+        codec: torch.nn.Module | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.text_encoder = text_encoder
+        self.codec = codec if codec is not None else build_codec(config.codec)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+    ) -> CrossFlowPipeline:
+        """Load a Lightning checkpoint (EMA weights by default), a saved folder or a .safetensors file."""
+        path = Path(path)
+        if not path.exists():
+            raise CrossFlowError(f"checkpoint not found: {path}")
+        config, state = _read_checkpoint(path, use_ema)
+        text_encoder = FrozenTextEncoder(config.text_encoder)
+        model = CrossFlowModel(config, text_dim=text_encoder.hidden_size)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+            raise CrossFlowError(f"checkpoint {path} does not match its model config: {first}") from err
+        model.eval()
+        return cls(config, model.to(device), text_encoder.to(device))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (config also in the safetensors metadata)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config_json = json.dumps(self.config.to_dict(), indent=2)
+        (directory / CONFIG_NAME).write_text(config_json + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"crossflow_config": config_json})
+        return directory
+
+    @torch.no_grad()
+    def encode_prompts(
+        self, prompts: Sequence[str], generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """Prompts -> z_text (B, C, H, W): a draw from the VE's N(μ, σ²) (or μ itself with ``sample=False``)."""
+        tokens, mask = self.text_encoder(list(prompts))
+        mu, logvar = self.model.encode_text(tokens.to(self.device), mask.to(self.device))
+        if not sample:
+            return mu
+        if generator is not None and generator.device != mu.device:
+            raise CrossFlowError(f"generator is on {generator.device}, model on {mu.device}")
+        return flow.reparameterize(mu, logvar, generator=generator)
+
+    def velocity_fn(self, guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The (guided) velocity callable the solvers integrate."""
+        return classifier_free_guidance(self.model.velocity, guidance_scale)
+
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        z_text: torch.Tensor,
+        num_steps: int = DEFAULT_NUM_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        solver: Solver = "euler",
+        return_trajectory: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Integrate the flow from z_text (t = 0) to an image latent (t = 1)."""
+        _check_sampling_args(num_steps, guidance_scale)
+        return solve_ode(
+            self.velocity_fn(guidance_scale), z_text, num_steps=num_steps, solver=solver,
+            return_trajectory=return_trajectory, progress=progress,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_steps: int = DEFAULT_NUM_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        solver: Solver = "euler",
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Prompts -> images (PIL by default, or a (B, C, S, S) tensor in [0, 1] with ``output_type="pt"``)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or any(not p or not p.strip() for p in prompts):
+            raise CrossFlowError("prompts must be non-empty strings")
+        _check_sampling_args(num_steps, guidance_scale)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            z_text = self.encode_prompts(prompts, generator=generator)
+            z_image = self.generate_latents(z_text, num_steps, guidance_scale, solver, progress=progress)
+        finally:
+            self.model.train(was_training)
+        images = self.codec.decode(z_image).float().cpu()
+        if output_type == "pt":
+            return images
+        return to_pil(images)
+
+
+def _check_sampling_args(num_steps: int, guidance_scale: float) -> None:
+    if num_steps <= 0:
+        raise CrossFlowError(f"num_steps must be positive, got {num_steps}")
+    if guidance_scale < 1.0:
+        raise CrossFlowError(
+            f"guidance scale must be >= 1 (1 = no guidance; below 1 mixes in the unconditional model), got {guidance_scale}"
+        )
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, S, S) in [0, 1] -> PIL images."""
+    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def make_grid(images: Sequence[Image.Image], columns: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile images into one grid image (no torchvision here)."""
+    if not images:
+        raise ValueError("no images to tile")
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + pad) + pad), (40, 40, 40))
+    for i, img in enumerate(images):
+        grid.paste(img, (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
+    return grid
+
+
+def describe(pipe: CrossFlowPipeline) -> dict[str, Any]:
+    """Parameter counts of the pipeline's parts (for logs and bench)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {
+        "variational": count(pipe.model.variational), "flow": count(pipe.model.flow),
+        "alignment": count(pipe.model.alignment), "text_encoder": count(pipe.text_encoder),
+    }

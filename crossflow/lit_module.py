@@ -1,0 +1,147 @@
+"""The LightningModule: composes text encoder, codec and CrossFlowModel; training_step reads like the math."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from crossflow import flow
+from crossflow.config import ModelConfig, config_diff
+from crossflow.errors import CrossFlowError
+from crossflow.models.codec import build_codec
+from crossflow.models.crossflow import CrossFlowModel
+from crossflow.models.text_encoder import FrozenTextEncoder
+
+CHECKPOINT_KEY = "crossflow"
+
+
+@dataclass
+class LossConfig:
+    """Weights and sampling of the training objective (paper Eq. 3: L_FM + L_align + λ_KL·KL)."""
+
+    time_sampling: flow.TimeSampling = "uniform"
+    """Training-time distribution: ``uniform`` or ``logit_normal`` (the paper's; see flow.sample_time)."""
+    align_weight: float = 1.0
+    """Weight of the contrastive alignment loss between z_text and image features."""
+    kl_weight: float = 1e-3
+    """Weight λ_KL of the VE's KL term (mean over elements)."""
+    p_uncond: float = 0.1
+    """Probability that a sample is trained as unconditional (indicator = 1) for CFG."""
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup then cosine decay; no weight decay on norms, biases, embeddings."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """AdamW betas (the paper uses (0.9, 0.9) at scale)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay on matrices only."""
+    warmup_steps: int = 200
+    """Linear warmup from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay floor as a fraction of lr (1.0 = constant after warmup)."""
+
+
+class CrossFlowLitModule(pl.LightningModule):
+    """Trains a CrossFlow model. The frozen text encoder is not checkpointed (it reloads from its source)."""
+
+    def __init__(
+        self,
+        model: ModelConfig = ModelConfig(),  # noqa: B008 (dataclass defaults become CLI defaults)
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+    ) -> None:
+        super().__init__()
+        # Copies: the defaults above are shared objects.
+        self.model_config = copy.deepcopy(model)
+        self.loss_config = copy.deepcopy(loss)
+        self.optim_config = copy.deepcopy(optimizer)
+        self.text_encoder = FrozenTextEncoder(self.model_config.text_encoder)
+        self.codec = build_codec(self.model_config.codec)
+        self.model = CrossFlowModel(self.model_config, text_dim=self.text_encoder.hidden_size)
+        # The frozen encoder's weights are stripped from checkpoints, so loading must not demand them.
+        self.strict_loading = False
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch["image"], batch["caption"])
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        if "skipped" in batch:
+            self.log("data/corrupt_skipped", batch["skipped"].sum().float(), reduce_fx="sum", on_step=False, on_epoch=True)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # A fixed generator makes the validation loss comparable across evaluations.
+        g = torch.Generator(device=self.device).manual_seed(batch_idx)
+        losses = self.compute_losses(batch["image"], batch["caption"], generator=g)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["caption"]))
+
+    def compute_losses(
+        self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The CrossFlow objective for one batch (paper Sec. 3, DESIGN.md 'What CrossFlow is')."""
+        cfg, b = self.loss_config, images.shape[0]
+        tokens, mask = self.text_encoder(captions)
+        mu, logvar = self.model.encode_text(tokens, mask)
+        z_text = flow.reparameterize(mu, logvar, generator=generator)
+        z_image = self.codec.encode(images)
+        uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
+        z_target = flow.roll_unconditional_targets(z_image, uncond)
+        t = flow.sample_time(b, cfg.time_sampling, device=self.device, generator=generator)
+        x_t = flow.path_sample(z_text, z_target, t, self.model_config.sigma_min)
+        v_target = flow.target_velocity(z_text, z_target, self.model_config.sigma_min)
+        v_pred = self.model.velocity(x_t, t, uncond)
+        loss_fm = flow.flow_matching_loss(v_pred, v_target)
+        loss_align = self.model.alignment(z_text, z_image)  # true pairs, also for unconditional samples
+        loss_kl = flow.kl_divergence(mu, logvar)
+        loss = loss_fm + cfg.align_weight * loss_align + cfg.kl_weight * loss_kl
+        return {
+            "loss": loss, "flow_mse": loss_fm.detach(), "align": loss_align.detach(), "kl": loss_kl.detach(),
+            "sigma_mean": (0.5 * logvar.detach()).exp().mean(), "mu_std": mu.detach().std(),
+        }
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_config
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Matrices decay; biases, norm gains, embeddings, position tables and the temperature do not.
+            is_matrix = p.ndim >= 2 and "embed" not in name
+            (decay if is_matrix else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=cfg.betas,
+        )
+        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+
+        def lr_lambda(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            if total is None or cfg.min_lr_ratio >= 1.0:
+                return 1.0
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"config": self.model_config.to_dict(), "format": 1}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_encoder.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stored = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
+        if stored is None:
+            raise CrossFlowError("checkpoint was not written by CrossFlow (no model config inside)")
+        diff = config_diff(ModelConfig.from_dict(stored), self.model_config)
+        if diff:
+            raise CrossFlowError("checkpoint was trained with another model config: " + "; ".join(diff[:5]))

@@ -1,0 +1,33 @@
+"""The trainable CrossFlow network: Variational Encoder + flow transformer + alignment head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from crossflow.config import ModelConfig
+from crossflow.models.alignment import ContrastiveAlignment
+from crossflow.models.transformer import FlowTransformer
+from crossflow.models.variational import VariationalEncoder
+
+
+class CrossFlowModel(nn.Module):
+    """Everything that trains. The frozen text encoder and the codec live outside (they are not saved)."""
+
+    def __init__(self, config: ModelConfig, text_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        latent_shape = config.latent_shape
+        self.variational = VariationalEncoder(
+            config.variational, text_dim=text_dim, num_tokens=config.text_encoder.max_length, latent_shape=latent_shape
+        )
+        self.flow = FlowTransformer(config.transformer_config())
+        self.alignment = ContrastiveAlignment(latent_shape, dim=config.alignment_dim)
+
+    def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states -> (μ, log σ²) of the text latent."""
+        return self.variational(tokens, mask)
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
+        """v_θ(x_t, t, indicator)."""
+        return self.flow(x_t, t, unconditional)

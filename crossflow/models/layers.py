@@ -1,0 +1,153 @@
+"""Building blocks shared by the flow transformer and the Variational Encoder."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C·p·p) with N = (H/p)·(W/p), row-major over patches."""
+    return rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=patch_size, q=patch_size)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`."""
+    return rearrange(
+        tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=height // patch_size, w=width // patch_size,
+        c=channels, p=patch_size, q=patch_size,
+    )
+
+
+def sincos_pos_embed_2d(width: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (N, D), half the channels for y and half for x (MAE / DiT)."""
+    if width % 4:
+        raise ValueError(f"width must be divisible by 4 for 2-D sin-cos positions, got {width}")
+    quarter = width // 4
+    freqs = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    )
+    out = []
+    for coord in (ys.flatten(), xs.flatten()):
+        angles = coord[:, None] * freqs[None]
+        out += [angles.sin(), angles.cos()]
+    return torch.cat(out, dim=1).float()
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t ∈ [0, 1] (scaled by 1000, as DiT's integer timesteps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    emb = torch.cat([args.cos(), args.sin()], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class TimestepEmbedder(nn.Module):
+    """t -> sinusoidal features -> MLP -> (B, D) conditioning vector."""
+
+    def __init__(self, width: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
+
+    def __init__(self, width: int, num_heads: int, qk_norm: bool = True) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(width, 3 * width)
+        # QK-norm keeps attention logits bounded at high learning rates (Dehghani et al. 2023, ViT-22B).
+        head_dim = width // num_heads
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, D); key_padding_mask: (B, N) bool, True where the token is real."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class MLP(nn.Module):
+    """Two-layer GELU MLP."""
+
+    def __init__(self, width: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer block without conditioning (used by the Variational Encoder)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_padding_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: per-sample affine modulation of normalised tokens."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class AdaLNBlock(nn.Module):
+    """DiT block with adaLN-Zero time conditioning (Peebles & Xie 2023, Sec. 3.2): starts as identity."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(width, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN + zero-initialised linear to patch values: the untrained model predicts v = 0."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+        for layer in (self.ada[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))

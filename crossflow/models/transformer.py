@@ -1,0 +1,103 @@
+"""The plain flow transformer: self-attention only, no cross-attention, no text input.
+
+Text reaches it only through x_t (paper Sec. 3.2); classifier-free guidance is signalled by a learned
+*indicator token* prepended to the patch tokens (paper Sec. 3.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from crossflow.models.layers import AdaLNBlock, FinalLayer, TimestepEmbedder, patchify, sincos_pos_embed_2d, unpatchify
+
+
+@dataclass
+class FlowTransformerConfig:
+    """Shape of the flow transformer. Build one with :meth:`from_preset` rather than by hand."""
+
+    in_channels: int = 3
+    """Latent channels C (derived from the codec)."""
+    input_size: int = 32
+    """Latent height = width (derived from the codec)."""
+    patch_size: int = 4
+    """Side of a square latent patch; tokens = (input_size / patch_size)²."""
+    width: int = 128
+    """Hidden size D."""
+    depth: int = 4
+    """Number of transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (head dim = width / num_heads)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden size as a multiple of width."""
+
+    @property
+    def num_patches(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: int | float) -> FlowTransformerConfig:
+        """A named size (see :data:`PRESETS`) with derived fields (channels, input size, patch) filled in."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown flow transformer preset {name!r}; choose one of {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+# Parameter counts for a 4x32x32 latent at patch 2 (bench/model_sizes.py regenerates them; docs/results.md):
+# tiny ≈ 1.3 M (the CPU demo), small ≈ 33 M, base ≈ 130 M, large ≈ 458 M, xl ≈ 0.95 B (the paper's scale).
+PRESETS: dict[str, FlowTransformerConfig] = {
+    "tiny": FlowTransformerConfig(width=128, depth=4, num_heads=4),
+    "small": FlowTransformerConfig(width=384, depth=12, num_heads=6),
+    "base": FlowTransformerConfig(width=768, depth=12, num_heads=12),
+    "large": FlowTransformerConfig(width=1024, depth=24, num_heads=16),
+    "xl": FlowTransformerConfig(width=1280, depth=32, num_heads=20),
+}
+
+
+class FlowTransformer(nn.Module):
+    """v_θ(x_t, t, indicator) -> velocity with the shape of x_t."""
+
+    def __init__(self, config: FlowTransformerConfig) -> None:
+        super().__init__()
+        if config.input_size % config.patch_size:
+            raise ValueError(f"input_size {config.input_size} is not divisible by patch_size {config.patch_size}")
+        self.config = config
+        c, p, d = config.in_channels, config.patch_size, config.width
+        grid = config.input_size // p
+        self.patch_embed = nn.Linear(c * p * p, d)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid, grid), persistent=False)
+        # Row 0: conditional, row 1: unconditional (the CFG indicator of paper Sec. 3.3).
+        self.indicator_embed = nn.Embedding(2, d)
+        self.time_embed = TimestepEmbedder(d)
+        self.blocks = nn.ModuleList(AdaLNBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
+        self.final = FinalLayer(d, c * p * p)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # adaLN-zero layers stay at zero. Named structurally, not by their values, so the model can be
+        # built on the meta device (FSDP2 / parameter counting) where values cannot be read.
+        keep_zero = {block.ada[1] for block in self.blocks} | {self.final.ada[1], self.final.linear}
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module not in keep_zero:
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.indicator_embed.weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t: (B, C, H, W); t: (B,) in [0, 1]; unconditional: (B,) bool (None = all conditional)."""
+        cfg = self.config
+        b = x_t.shape[0]
+        if unconditional is None:
+            unconditional = torch.zeros(b, dtype=torch.bool, device=x_t.device)
+        tokens = self.patch_embed(patchify(x_t, cfg.patch_size)) + self.pos_embed.to(x_t.dtype)
+        indicator = self.indicator_embed(unconditional.long())[:, None]
+        h = torch.cat([indicator, tokens], dim=1)
+        c = self.time_embed(t)
+        for block in self.blocks:
+            h = block(h, c)
+        out = self.final(h[:, 1:], c)
+        return unpatchify(out, cfg.patch_size, cfg.in_channels, cfg.input_size, cfg.input_size)

@@ -1,0 +1,72 @@
+"""The Variational Encoder: text token states -> N(μ, σ²) in exactly the image-latent shape (paper Sec. 3.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from crossflow.models.layers import EncoderBlock
+
+
+@dataclass
+class VariationalEncoderConfig:
+    """Stacked transformer layers -> per-token projection -> flatten -> linear to 2·C·H·W."""
+
+    width: int = 128
+    """Hidden size of the encoder layers."""
+    depth: int = 2
+    """Number of pre-norm transformer layers over the text tokens."""
+    num_heads: int = 4
+    """Attention heads."""
+    token_dim: int = 32
+    """Per-token size before flattening (keeps the final linear at L·token_dim × 2·C·H·W)."""
+    logvar_min: float = -12.0
+    """Clamp on log σ² so exp() stays finite in fp16/bf16."""
+    logvar_max: float = 4.0
+    """Upper clamp on log σ²."""
+
+
+class VariationalEncoder(nn.Module):
+    """tokens (B, L, D_txt) + mask (B, L) -> μ, log σ² each (B, C, H, W)."""
+
+    def __init__(
+        self,
+        config: VariationalEncoderConfig,
+        text_dim: int,
+        num_tokens: int,
+        latent_shape: tuple[int, int, int],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_tokens = num_tokens
+        self.latent_shape = tuple(latent_shape)
+        self.in_proj = nn.Linear(text_dim, config.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, config.width))
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(EncoderBlock(config.width, config.num_heads) for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.token_proj = nn.Linear(config.width, config.token_dim)
+        c, h, w = self.latent_shape
+        self.out = nn.Linear(num_tokens * config.token_dim, 2 * c * h * w)
+        nn.init.normal_(self.out.weight, std=(num_tokens * config.token_dim) ** -0.5)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (B, L, D_txt) frozen-encoder states; mask: (B, L) bool, True for real tokens."""
+        b, length, _ = tokens.shape
+        if length != self.num_tokens:
+            raise ValueError(f"expected {self.num_tokens} text tokens, got {length} (text encoder max_length mismatch)")
+        mask = mask.bool()
+        x = self.in_proj(tokens.to(self.in_proj.weight.dtype)) + self.pos_embed
+        for block in self.blocks:
+            x = block(x, key_padding_mask=mask)
+        # Padding positions carry no information: zero them so the flat projection ignores them.
+        x = self.token_proj(self.norm(x)) * mask[..., None].to(x.dtype)
+        mu, logvar = self.out(x.reshape(b, -1)).chunk(2, dim=-1)
+        c, h, w = self.latent_shape
+        mu = rearrange(mu, "b (c h w) -> b c h w", c=c, h=h, w=w)
+        logvar = rearrange(logvar, "b (c h w) -> b c h w", c=c, h=h, w=w)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
