@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from crossflow.inference import DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
+from crossflow.inference import CrossFlowPipeline, make_grid
 
 EMA_KEY = "ema_state_dict"
 
@@ -141,17 +141,29 @@ class ShapesEvaluation(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs training samples/s and step time (wall clock, averaged over ``window`` steps)."""
+    """Logs training samples/s and step time, and prints a progress line for non-interactive logs."""
 
-    def __init__(self, window: int = 50) -> None:
+    def __init__(self, window: int = 50, print_every: int = 250) -> None:
+        """
+        Args:
+            window: Steps averaged per throughput measurement.
+            print_every: Print ``step, loss, samples/s`` every this many steps (0 = never); progress bars
+                do not show in SLURM logs or redirected output.
+        """
         super().__init__()
         self.window = window
+        self.print_every = print_every
         self._t0: float | None = None
         self._samples = 0
         self._steps = 0
+        self._rate = float("nan")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
+        step = trainer.global_step
+        if self.print_every and step % self.print_every == 0 and trainer.is_global_zero:
+            loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
+            rank_zero_info(f"step {step}/{trainer.max_steps}: loss {loss:.4f}, {self._rate:.1f} samples/s")
         if self._t0 is None:
             self._t0 = now  # the first step includes warm-up: start timing after it
             return
@@ -159,8 +171,9 @@ class Throughput(pl.Callback):
         self._steps += 1
         if self._steps >= self.window:
             dt = now - self._t0
-            pl_module.log_dict(
-                {"perf/samples_per_s": self._samples / dt * trainer.world_size, "perf/step_time_s": dt / self._steps},
-                rank_zero_only=True,
-            )
+            self._rate = self._samples / dt * trainer.world_size
+            pl_module.log_dict({"perf/samples_per_s": self._rate, "perf/step_time_s": dt / self._steps}, rank_zero_only=True)
             self._t0, self._samples, self._steps = now, 0, 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._t0, self._samples, self._steps = None, 0, 0  # do not count evaluation time as training time

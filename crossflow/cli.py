@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -56,6 +57,8 @@ class CrossFlowCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of train.py; user errors become one line on stderr and exit status 2."""
     torch.set_float32_matmul_precision("high")
+    # Dataclass attribute docstrings become --help text.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     try:
         CrossFlowCLI(
             CrossFlowLitModule,

@@ -39,7 +39,8 @@ class ModelConfig:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (self.codec.channels, self.codec.image_size, self.codec.image_size)
+        """(C, H, W) shared by z_text and z_image, fixed by the codec."""
+        return self.codec.latent_shape
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
-from jsonargparse import CLI
 from tqdm import tqdm
 
 from crossflow.errors import CrossFlowError
@@ -70,9 +70,28 @@ def sample(
     return grid_path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`sample` (``--help`` shows each option's meaning and default)."""
+    p = argparse.ArgumentParser(prog="sample.py", description="Sample images from a CrossFlow checkpoint.")
+    p.add_argument("--ckpt", required=True, help="Lightning .ckpt, exported .safetensors, or a save_pretrained folder")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for several")
+    p.add_argument("--num", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help=f"solver steps (default {DEFAULT_NUM_STEPS})")
+    p.add_argument("--cfg-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+                   help=f"classifier-free guidance scale, 1 = none (default {DEFAULT_GUIDANCE_SCALE})")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical pixels")
+    p.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver (default euler)")
+    p.add_argument("--out", default="samples", help="output folder (default samples/)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-ema", action="store_true", help="use the raw training weights instead of the EMA weights")
+    p.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscale of the saved PNGs (default 4)")
+    return p
+
+
 def main(args: list[str] | None = None) -> None:
+    ns = build_parser().parse_args(args)
     try:
-        CLI(sample, args=args, as_positional=False)
+        sample(**vars(ns))
     except CrossFlowError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

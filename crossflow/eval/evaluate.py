@@ -6,13 +6,13 @@ all four attributes and the evaluator measures them back from the pixels.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from jsonargparse import CLI
 from tqdm import tqdm
 
 from crossflow.data.shapes import ShapesSample, make_prompts
@@ -48,7 +48,7 @@ def evaluate(
     seed: int = EVAL_SEED,
     steps: int = DEFAULT_NUM_STEPS,
     cfg_scale: float = DEFAULT_GUIDANCE_SCALE,
-    phrasings: list[str] = ["train", "heldout"],  # noqa: B006 (jsonargparse needs a literal default)
+    phrasings: Sequence[str] = ("train", "heldout"),
     out: str | None = None,
     device: str = "cpu",
 ) -> dict[str, dict[str, float]]:
@@ -89,8 +89,19 @@ def evaluate(
 
 
 def main(args: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m crossflow.eval.evaluate", description=evaluate.__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt, .safetensors or saved folder)")
+    p.add_argument("--num", type=int, default=256, help="prompts per phrasing (default 256)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help=f"prompt and sampling seed (default {EVAL_SEED})")
+    p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help=f"Euler steps (default {DEFAULT_NUM_STEPS})")
+    p.add_argument("--cfg-scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="guidance scale")
+    p.add_argument("--phrasings", nargs="+", default=["train", "heldout"], choices=["train", "heldout"],
+                   help="caption phrasings to evaluate (default: both)")
+    p.add_argument("--out", default=None, help="folder for scores.json and sample grids")
+    p.add_argument("--device", default="cpu")
+    ns = p.parse_args(args)
     try:
-        CLI(evaluate, args=args, as_positional=False)
+        evaluate(**vars(ns))
     except CrossFlowError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

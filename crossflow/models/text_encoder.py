@@ -108,10 +108,15 @@ class FrozenTextEncoder(nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         device = next(self.model.parameters()).device
+        # Outside autocast: cached and fresh states must be identical, whatever the trainer's precision.
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._lookup(prompts, device)
+
+    def _lookup(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
         if missing:
             states, mask = self._encode(missing)
-            for prompt, s, m in zip(missing, states.cpu(), mask.cpu()):
+            for prompt, s, m in zip(missing, states.cpu(), mask.cpu(), strict=True):
                 self._cache[prompt] = (s, m)
         states, masks = [], []
         for prompt in prompts:

@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from crossflow.models.layers import AdaLNBlock, FinalLayer, TimestepEmbedder, patchify, sincos_pos_embed_2d, unpatchify
+from crossflow.models.layers import (
+    AdaLNBlock,
+    FinalLayer,
+    TimestepEmbedder,
+    patchify,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
 
 
 @dataclass

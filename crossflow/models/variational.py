@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from einops import rearrange
@@ -13,7 +14,7 @@ from crossflow.models.layers import EncoderBlock
 
 @dataclass
 class VariationalEncoderConfig:
-    """Stacked transformer layers -> per-token projection -> flatten -> linear to 2·C·H·W."""
+    """Stacked transformer layers -> pooled slots -> per-slot projection -> flatten -> linear to 2·C·H·W."""
 
     width: int = 128
     """Hidden size of the encoder layers."""
@@ -22,7 +23,13 @@ class VariationalEncoderConfig:
     num_heads: int = 4
     """Attention heads."""
     token_dim: int = 32
-    """Per-token size before flattening (keeps the final linear at L·token_dim × 2·C·H·W)."""
+    """Per-slot size before flattening (keeps the final linear at slots·token_dim × 2·C·H·W)."""
+    pooling: Literal["flatten", "attention"] = "attention"
+    """``flatten``: one slot per token position, as the paper's VE. ``attention``: ``num_queries`` learned
+    queries attend over the tokens, so the same word feeds the same weights wherever the prompt puts it
+    (faster to learn with varied phrasings; see docs/results.md)."""
+    num_queries: int = 16
+    """Pooled slots for ``pooling: attention``."""
     logvar_min: float = -12.0
     """Clamp on log σ² so exp() stays finite in fp16/bf16."""
     logvar_max: float = 4.0
@@ -48,10 +55,18 @@ class VariationalEncoder(nn.Module):
         nn.init.normal_(self.pos_embed, std=0.02)
         self.blocks = nn.ModuleList(EncoderBlock(config.width, config.num_heads) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width)
+        if config.pooling == "attention":
+            self.queries = nn.Parameter(torch.randn(1, config.num_queries, config.width) * 0.02)
+            self.pool = nn.MultiheadAttention(config.width, config.num_heads, batch_first=True)
+            slots = config.num_queries
+        elif config.pooling == "flatten":
+            slots = num_tokens
+        else:
+            raise ValueError(f"unknown VE pooling {config.pooling!r}; expected 'flatten' or 'attention'")
         self.token_proj = nn.Linear(config.width, config.token_dim)
         c, h, w = self.latent_shape
-        self.out = nn.Linear(num_tokens * config.token_dim, 2 * c * h * w)
-        nn.init.normal_(self.out.weight, std=(num_tokens * config.token_dim) ** -0.5)
+        self.out = nn.Linear(slots * config.token_dim, 2 * c * h * w)
+        nn.init.normal_(self.out.weight, std=(slots * config.token_dim) ** -0.5)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +78,14 @@ class VariationalEncoder(nn.Module):
         x = self.in_proj(tokens.to(self.in_proj.weight.dtype)) + self.pos_embed
         for block in self.blocks:
             x = block(x, key_padding_mask=mask)
-        # Padding positions carry no information: zero them so the flat projection ignores them.
-        x = self.token_proj(self.norm(x)) * mask[..., None].to(x.dtype)
+        x = self.norm(x)
+        if self.config.pooling == "attention":
+            queries = self.queries.expand(b, -1, -1).to(x.dtype)
+            x, _ = self.pool(queries, x, x, key_padding_mask=~mask, need_weights=False)
+            x = self.token_proj(x)
+        else:
+            # Padding positions carry no information: zero them so the flat projection ignores them.
+            x = self.token_proj(x) * mask[..., None].to(x.dtype)
         mu, logvar = self.out(x.reshape(b, -1)).chunk(2, dim=-1)
         c, h, w = self.latent_shape
         mu = rearrange(mu, "b (c h w) -> b c h w", c=c, h=h, w=w)

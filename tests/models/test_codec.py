@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossflow.errors import CrossFlowError
 from crossflow.models.codec import CodecConfig, PixelCodec, build_codec
 
 
@@ -35,5 +36,16 @@ def test_encode_rejects_wrong_shape(shape: tuple[int, ...]) -> None:
 
 
 def test_unknown_codec_kind_raises() -> None:
-    with pytest.raises(ValueError, match="unknown codec kind"):
-        build_codec(CodecConfig(kind="vae"))  # type: ignore[arg-type]
+    with pytest.raises(CrossFlowError, match="unknown codec kind"):
+        build_codec(CodecConfig(kind="jpeg"))  # type: ignore[arg-type]
+
+
+def test_vae_codec_is_refused_with_a_clear_error_until_it_exists() -> None:
+    with pytest.raises(CrossFlowError, match="'vae' is not available"):
+        build_codec(CodecConfig(kind="vae"))
+
+
+def test_vae_latent_shape_is_derived_from_image_size() -> None:
+    assert CodecConfig(kind="vae", image_size=256, latent_channels=4, downsample=8).latent_shape == (4, 32, 32)
+    with pytest.raises(CrossFlowError, match="not divisible"):
+        _ = CodecConfig(kind="vae", image_size=100).latent_shape
