@@ -16,7 +16,7 @@ from crossflow.errors import CrossFlowError
 class ShapesGeneration:
     """Generate the embedded shapes dataset into the shard folders when they are empty."""
 
-    num_train: int = 40000
+    num_train: int = 20000
     """Training samples to generate."""
     num_val: int = 1000
     """Validation samples to generate (a different seed)."""

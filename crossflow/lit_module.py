@@ -120,8 +120,9 @@ class CrossFlowLitModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=cfg.betas,
-            # One fused kernel per step instead of a Python loop over parameters (CPU and CUDA).
-            fused=True,
+            # Multi-tensor kernels instead of a Python loop over parameters. (fused=True would be faster but
+            # Lightning cannot clip gradients of a fused optimizer under mixed precision.)
+            foreach=True,
         )
         total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
 
