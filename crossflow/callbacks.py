@@ -83,6 +83,45 @@ class EMA(pl.Callback):
             self._num_updates = int(checkpoint.get("ema_updates", 0))
 
 
+def log_sample_grid(trainer: pl.Trainer, images: list, captions: list[str], name: str = "samples") -> None:
+    """Send a grid of samples to the logger (wandb: an image panel) and save it as a PNG in the run dir."""
+    grid = make_grid(images)
+    log_image = getattr(trainer.logger, "log_image", None)
+    if callable(log_image):
+        log_image(key=name, images=[grid], caption=["; ".join(captions)], step=trainer.global_step)
+    if trainer.log_dir:
+        scale = max(1, 128 // images[0].width)  # small images are unreadable at 1:1
+        grid.resize((grid.width * scale, grid.height * scale), 0).save(
+            f"{trainer.log_dir}/{name}_step{trainer.global_step:06d}.png"
+        )
+
+
+def _pipeline(pl_module: pl.LightningModule) -> CrossFlowPipeline:
+    return CrossFlowPipeline(pl_module.model_config, pl_module.model, pl_module.text_encoder, pl_module.codec)
+
+
+class SampleGrid(pl.Callback):
+    """At each validation: sample fixed prompts with the (EMA) model and log the grid (any dataset)."""
+
+    def __init__(self, prompts: list[str], num_steps: int = 25, guidance_scale: float = 1.0, seed: int = 0) -> None:
+        """
+        Args:
+            prompts: Prompts to sample at every validation.
+            num_steps: Euler steps per sample.
+            guidance_scale: CFG scale.
+            seed: Sampling seed (fixed, so grids are comparable across steps).
+        """
+        super().__init__()
+        self.prompts, self.num_steps, self.guidance_scale, self.seed = prompts, num_steps, guidance_scale, seed
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts:
+            return
+        g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        images = _pipeline(pl_module)(self.prompts, num_steps=self.num_steps, guidance_scale=self.guidance_scale, generator=g)
+        log_sample_grid(trainer, images, self.prompts)
+
+
 class ShapesEvaluation(pl.Callback):
     """At each validation: sample fresh shapes prompts with the (EMA) model, score them, log a grid.
 
@@ -124,20 +163,15 @@ class ShapesEvaluation(pl.Callback):
 
         image_size = pl_module.model_config.codec.image_size
         samples = make_prompts(self.num_prompts, seed=self.seed, phrasing=self.phrasing, image_size=image_size)
-        pipe = CrossFlowPipeline(pl_module.model_config, pl_module.model, pl_module.text_encoder, pl_module.codec)
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        images = pipe([s.caption for s in samples], num_steps=self.num_steps, guidance_scale=self.guidance_scale, generator=g)
+        images = _pipeline(pl_module)(
+            [s.caption for s in samples], num_steps=self.num_steps, guidance_scale=self.guidance_scale, generator=g
+        )
         scores = score(images, [s.attributes for s in samples])
         self.last_scores = scores
         pl_module.log_dict({f"eval/{k}": float(v) for k, v in scores.items() if k != "n"}, rank_zero_only=True)
         rank_zero_info(f"step {trainer.global_step}: shapes eval ({self.num_prompts} prompts) {format_scores(scores)}")
-        grid = make_grid(images[: self.grid_size])
-        log_image = getattr(trainer.logger, "log_image", None)
-        if callable(log_image):
-            captions = "; ".join(s.caption for s in samples[: self.grid_size])
-            log_image(key="samples", images=[grid], caption=[captions], step=trainer.global_step)
-        if trainer.log_dir:
-            grid.resize((grid.width * 4, grid.height * 4), 0).save(f"{trainer.log_dir}/samples_step{trainer.global_step:06d}.png")
+        log_sample_grid(trainer, images[: self.grid_size], [s.caption for s in samples[: self.grid_size]])
 
 
 class Throughput(pl.Callback):

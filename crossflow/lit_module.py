@@ -58,8 +58,18 @@ class CrossFlowLitModule(pl.LightningModule):
         model: ModelConfig = ModelConfig(),  # noqa: B008 (dataclass defaults become CLI defaults)
         loss: LossConfig = LossConfig(),  # noqa: B008
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
+        compile_blocks: bool = False,
     ) -> None:
+        """
+        Args:
+            model: The model (saved with every checkpoint; sampling rebuilds it from there).
+            loss: The training objective's weights and time sampling.
+            optimizer: AdamW and its schedule.
+            compile_blocks: ``torch.compile`` each flow-transformer block (fuses the small element-wise ops
+                around the matmuls; costs a one-off compile at the first steps).
+        """
         super().__init__()
+        self.compile_blocks = compile_blocks
         # Copies: the defaults above are shared objects.
         self.model_config = copy.deepcopy(model)
         self.loss_config = copy.deepcopy(loss)
@@ -69,6 +79,11 @@ class CrossFlowLitModule(pl.LightningModule):
         self.model = CrossFlowModel(self.model_config, text_dim=self.text_encoder.hidden_size)
         # The frozen encoder's weights are stripped from checkpoints, so loading must not demand them.
         self.strict_loading = False
+
+    def configure_model(self) -> None:
+        if self.compile_blocks:
+            for block in self.model.flow.blocks:
+                block.compile()  # in place: parameter names and state-dict keys stay the same
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch["image"], batch["caption"])

@@ -24,10 +24,10 @@ class VariationalEncoderConfig:
     """Attention heads."""
     token_dim: int = 32
     """Per-slot size before flattening (keeps the final linear at slots·token_dim × 2·C·H·W)."""
-    pooling: Literal["flatten", "attention"] = "attention"
+    pooling: Literal["flatten", "attention"] = "flatten"
     """``flatten``: one slot per token position, as the paper's VE. ``attention``: ``num_queries`` learned
-    queries attend over the tokens, so the same word feeds the same weights wherever the prompt puts it
-    (faster to learn with varied phrasings; see docs/results.md)."""
+    queries attend over the tokens (order-free pooling; on the shapes demo it learned *slower* than
+    ``flatten``: docs/experiments.md)."""
     num_queries: int = 16
     """Pooled slots for ``pooling: attention``."""
     logvar_min: float = -12.0

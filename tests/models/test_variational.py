@@ -11,7 +11,7 @@ LATENT = (3, 8, 8)
 TOKENS, TEXT_DIM = 12, 16
 
 
-def _ve(**overrides: float) -> VariationalEncoder:
+def _ve(**overrides: float | str) -> VariationalEncoder:
     torch.manual_seed(0)
     cfg = VariationalEncoderConfig(**{"width": 32, "depth": 1, "num_heads": 2, "token_dim": 8, **overrides})
     return VariationalEncoder(cfg, text_dim=TEXT_DIM, num_tokens=TOKENS, latent_shape=LATENT)
@@ -25,8 +25,9 @@ def _inputs(b: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, mask
 
 
-def test_outputs_have_exactly_the_latent_shape() -> None:
-    ve = _ve()
+@pytest.mark.parametrize("pooling", ["flatten", "attention"])
+def test_outputs_have_exactly_the_latent_shape(pooling: str) -> None:
+    ve = _ve(pooling=pooling)
     tokens, mask = _inputs()
     mu, logvar = ve(tokens, mask)
     assert mu.shape == (3, *LATENT) and logvar.shape == (3, *LATENT)
@@ -34,8 +35,9 @@ def test_outputs_have_exactly_the_latent_shape() -> None:
     assert not torch.allclose(mu[0], mu[1])  # different prompts, different latents
 
 
-def test_padded_positions_are_ignored() -> None:
-    ve = _ve(depth=2)
+@pytest.mark.parametrize("pooling", ["flatten", "attention"])
+def test_padded_positions_are_ignored(pooling: str) -> None:
+    ve = _ve(depth=2, pooling=pooling)
     tokens, mask = _inputs()
     mu, logvar = ve(tokens, mask)
     changed = tokens.clone()
