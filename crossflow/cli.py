@@ -11,12 +11,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from jsonargparse import set_parsing_settings
+from jsonargparse import lazy_instance, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from crossflow.datamodule import ShardDataModule
-from crossflow.errors import CrossFlowError
+from crossflow.errors import exit_on_user_error
 from crossflow.lit_module import CrossFlowLitModule
 
 
@@ -59,14 +60,16 @@ def main(args: list[str] | None = None) -> None:
     torch.set_float32_matmul_precision("high")
     # Dataclass attribute docstrings become --help text.
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    try:
+    with exit_on_user_error():
         CrossFlowCLI(
             CrossFlowLitModule,
             ShardDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunInfo()]},
+            # wandb is the default logger, offline (no network, no account): `wandb sync` uploads later;
+            # --trainer.logger.init_args.offline=false logs online.
+            trainer_defaults={
+                "callbacks": [RunInfo()],
+                "logger": lazy_instance(WandbLogger, project="crossflow", offline=True, save_dir="runs"),
+            },
         )
-    except CrossFlowError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crossflow.errors import CrossFlowError
+from crossflow.errors import CrossFlowError, exit_on_user_error
 from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
 from crossflow.sampling import Solver
 
@@ -90,11 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: list[str] | None = None) -> None:
     ns = build_parser().parse_args(args)
-    try:
+    with exit_on_user_error():
         sample(**vars(ns))
-    except CrossFlowError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

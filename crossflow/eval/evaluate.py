@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from crossflow.data.shapes import ShapesSample, make_prompts
-from crossflow.errors import CrossFlowError
+from crossflow.errors import CrossFlowError, exit_on_user_error
 from crossflow.eval.shapes import format_scores, score
 from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
 
@@ -100,11 +100,8 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="folder for scores.json and sample grids")
     p.add_argument("--device", default="cpu")
     ns = p.parse_args(args)
-    try:
+    with exit_on_user_error():
         evaluate(**vars(ns))
-    except CrossFlowError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class FlowTransformerConfig:
 
 
 # Parameter counts for a 4x32x32 latent at patch 2 (bench/model_sizes.py regenerates them; docs/results.md):
-# tiny ≈ 1.3 M (the CPU demo), small ≈ 33 M, base ≈ 130 M, large ≈ 458 M, xl ≈ 0.95 B (the paper's scale).
+# tiny 1.3 M (the CPU demo), small 32.5 M, base 129.5 M, large 456.8 M, xl 949.6 M (the paper's 0.95 B).
 PRESETS: dict[str, FlowTransformerConfig] = {
     "tiny": FlowTransformerConfig(width=128, depth=4, num_heads=4),
     "small": FlowTransformerConfig(width=384, depth=12, num_heads=6),
