@@ -139,7 +139,8 @@ class CrossFlowLitModule(pl.LightningModule):
             # Lightning cannot clip gradients of a fused optimizer under mixed precision.)
             foreach=True,
         )
-        total = self.trainer.max_steps if self.trainer and self.trainer.max_steps > 0 else None
+        trainer = self._trainer  # None when used outside a Trainer (benchmarks)
+        total = trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
 
         def lr_lambda(step: int) -> float:
             if step < cfg.warmup_steps:
