@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,7 +27,7 @@ from crossflow.lit_module import CrossFlowLitModule  # noqa: E402
 
 def train_rate(module: CrossFlowLitModule, batch_size: int, steps: int, precision: str) -> float:
     prompts = make_prompts(batch_size, seed=0)
-    images = torch.stack([torch.from_numpy(__import__("numpy").asarray(p.image)).permute(2, 0, 1).float() / 255 for p in prompts])
+    images = torch.stack([torch.from_numpy(np.asarray(p.image)).permute(2, 0, 1).float() / 255 for p in prompts])
     captions = [p.caption for p in prompts]
     opt = module.configure_optimizers()["optimizer"]
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
