@@ -42,6 +42,7 @@ def sample_time(
     *,
     mean: float = 0.0,
     std: float = 1.0,
+    shift: float = 1.0,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -50,12 +51,18 @@ def sample_time(
     ``logit_normal`` (SD3, Esser et al. 2024, Eq. 19; the paper's choice) puts little mass near t = 0,
     where a text-to-image sampler *starts*: with a highly structured z_text this can leave the first
     Euler steps untrained (see DESIGN.md, "a throwaway prototype"). ``uniform`` covers [0, 1] evenly.
+    ``shift`` s then maps t ↦ s·t / (1 + (s − 1)·t) (SD3's timestep shift, Eq. 23, written for our
+    direction): s > 1 moves mass towards the image end t = 1, s < 1 towards the text end, s = 1 is identity.
     """
+    if shift <= 0:
+        raise ValueError(f"time shift must be positive, got {shift}")
     if kind == "uniform":
-        return torch.rand(batch_size, device=device, generator=generator)
-    if kind == "logit_normal":
-        return torch.sigmoid(mean + std * torch.randn(batch_size, device=device, generator=generator))
-    raise ValueError(f"unknown time sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+        t = torch.rand(batch_size, device=device, generator=generator)
+    elif kind == "logit_normal":
+        t = torch.sigmoid(mean + std * torch.randn(batch_size, device=device, generator=generator))
+    else:
+        raise ValueError(f"unknown time sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
 
 
 def flow_matching_loss(v_pred: torch.Tensor, v_target: torch.Tensor) -> torch.Tensor:

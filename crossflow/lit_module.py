@@ -26,6 +26,8 @@ class LossConfig:
 
     time_sampling: flow.TimeSampling = "uniform"
     """Training-time distribution: ``uniform`` or ``logit_normal`` (the paper's; see flow.sample_time)."""
+    time_shift: float = 1.0
+    """Timestep shift s applied to the sampled t (flow.sample_time): s > 1 trains more near the image end."""
     align_weight: float = 1.0
     """Weight of the contrastive alignment loss between z_text and image features."""
     kl_weight: float = 1e-3
@@ -110,7 +112,7 @@ class CrossFlowLitModule(pl.LightningModule):
         z_image = self.codec.encode(images)
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
         z_target = flow.roll_unconditional_targets(z_image, uncond)
-        t = flow.sample_time(b, cfg.time_sampling, device=self.device, generator=generator)
+        t = flow.sample_time(b, cfg.time_sampling, shift=cfg.time_shift, device=self.device, generator=generator)
         x_t = flow.path_sample(z_text, z_target, t, self.model_config.sigma_min)
         v_target = flow.target_velocity(z_text, z_target, self.model_config.sigma_min)
         v_pred = self.model.velocity(x_t, t, uncond)

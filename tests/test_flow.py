@@ -112,6 +112,18 @@ def test_logit_normal_mean_shifts_median() -> None:
     assert abs(t.median().item() - 1 / (1 + math.exp(-1.0))) < 0.02
 
 
+@pytest.mark.parametrize("shift", [0.5, 2.0, 3.0])
+def test_time_shift_moves_the_median_as_its_formula_says(shift: float) -> None:
+    t = flow.sample_time(20000, "uniform", shift=shift, generator=torch.Generator().manual_seed(2))
+    assert t.min() >= 0 and t.max() <= 1
+    # The shift is monotone, so the median of shifted uniform t is the shifted median 0.5.
+    assert abs(t.median().item() - shift / (1 + shift)) < 0.02
+    unshifted = flow.sample_time(50, "uniform", generator=torch.Generator().manual_seed(2))
+    assert torch.equal(flow.sample_time(50, "uniform", shift=1.0, generator=torch.Generator().manual_seed(2)), unshifted)
+    with pytest.raises(ValueError, match="positive"):
+        flow.sample_time(8, "uniform", shift=0.0)
+
+
 def test_sample_time_is_reproducible_and_rejects_unknown_kind() -> None:
     a = flow.sample_time(8, "logit_normal", generator=torch.Generator().manual_seed(3))
     b = flow.sample_time(8, "logit_normal", generator=torch.Generator().manual_seed(3))

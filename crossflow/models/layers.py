@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -60,6 +61,19 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
+def _sdpa_backends(q: torch.Tensor) -> list[SDPBackend]:
+    """Kernels SDPA may pick for ``q``: all of them, except when training on CPU in bf16/fp16.
+
+    There the fused CPU flash kernel's *backward* is several times slower than the plain math path at our
+    sequence lengths (bench/attention_cpu.py, docs/results.md) and dominated the demo's step; its forward
+    is the faster one, so sampling keeps it.
+    """
+    low_precision = q.dtype in (torch.bfloat16, torch.float16)
+    if q.device.type == "cpu" and low_precision and torch.is_grad_enabled() and q.requires_grad:
+        return [SDPBackend.MATH]
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
 
@@ -80,7 +94,8 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        with sdpa_kernel(_sdpa_backends(q)):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 

@@ -79,6 +79,27 @@ def test_attention_shape_and_key_padding_mask() -> None:
         Attention(30, 4)
 
 
+def test_low_precision_cpu_training_uses_the_math_kernel_with_the_same_result() -> None:
+    from torch.nn.attention import SDPBackend
+
+    from crossflow.models.layers import _sdpa_backends
+
+    q = torch.randn(2, 2, 5, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert _sdpa_backends(q) == [SDPBackend.MATH]  # CPU bf16 backward: the flash kernel is the slow one
+    with torch.no_grad():
+        assert SDPBackend.FLASH_ATTENTION in _sdpa_backends(q)  # sampling keeps the faster forward
+    assert SDPBackend.FLASH_ATTENTION in _sdpa_backends(q.detach().float().requires_grad_())
+    torch.manual_seed(0)
+    attn = Attention(32, 2)
+    x = torch.randn(2, 7, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x)
+    out.float().sum().backward()
+    reference = attn(x.detach())
+    torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_encoder_block_and_mlp_shapes() -> None:
     x = torch.randn(2, 5, 32)
     assert MLP(32, 2.0)(x).shape == x.shape

@@ -65,6 +65,20 @@ def test_output_shapes_dtype_and_mask(encoder: FrozenTextEncoder) -> None:
     assert not torch.allclose(states[0], states[1])
 
 
+def test_encoding_at_the_longest_prompt_matches_max_length_padding(encoder: FrozenTextEncoder) -> None:
+    # The encoder runs at the batch's longest prompt and pads afterwards: real-token states must equal a
+    # run padded to max_length (masked keys contribute nothing), padded positions are exactly zero.
+    states, mask = encoder._encode(PROMPTS)
+    batch = encoder.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        reference = encoder.model(**batch).last_hidden_state
+    real = mask[..., None]
+    torch.testing.assert_close(states.float() * real, (reference * real).half().float(), atol=2e-3, rtol=2e-3)
+    assert (states[~mask] == 0).all()
+    alone, _ = encoder._encode([PROMPTS[2]])  # 4 tokens alone vs padded to the batch's 10
+    torch.testing.assert_close(alone[0].float(), states[2].float(), atol=2e-3, rtol=2e-3)
+
+
 def test_single_string_is_accepted_and_long_prompts_are_truncated(encoder: FrozenTextEncoder) -> None:
     states, mask = encoder(PROMPTS[0])  # type: ignore[arg-type]
     assert states.shape == (1, 12, 32) and mask.shape == (1, 12)
