@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossflow.errors import CrossFlowError
+from crossflow.flow import Prediction
 from crossflow.models.codec import CodecConfig
 from crossflow.models.text_encoder import TextEncoderConfig
 from crossflow.models.transformer import FlowTransformerConfig
@@ -31,6 +32,9 @@ class ModelConfig:
     """Shared embedding size of the contrastive alignment loss."""
     sigma_min: float = 1e-5
     """σ_min of the path x_t = t·z_image + (1 − (1 − σ_min)·t)·z_text."""
+    prediction: Prediction = "velocity"
+    """What the flow transformer outputs: ``velocity`` (the paper) or ``data``, the image endpoint, turned
+    into a velocity by flow.velocity_from_data (trained with the same velocity loss)."""
 
     def transformer_config(self) -> FlowTransformerConfig:
         """The preset with its derived sizes (latent channels and size from the codec)."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 SIGMA_MIN = 1e-5
 
 TimeSampling = Literal["uniform", "logit_normal"]
+Prediction = Literal["velocity", "data"]
 
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,24 @@ def path_sample(
 def target_velocity(z_text: torch.Tensor, z_image: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
     """v* = d x_t / dt = z_image − (1 − σ_min)·z_text: constant along the path."""
     return z_image - (1 - sigma_min) * z_text
+
+
+def velocity_from_data(
+    x_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sigma_min: float = SIGMA_MIN, min_gap: float = 0.05
+) -> torch.Tensor:
+    """The velocity implied by a prediction x̂ of the endpoint z_image: v = (x̂ − (1 − σ_min)·x_t) / (1 − (1 − σ_min)·t).
+
+    Solving the path for z_text and substituting into :func:`target_velocity`; exact when x̂ = z_image.
+    A network that predicts the *clean image* ("x-prediction", Li & He 2025, "Back to Basics: Let
+    Denoising Generative Models Denoise", arXiv 2511.13720) need not reproduce the source's per-pixel
+    pattern in its output, which a velocity network must cancel exactly; its loss on this velocity is
+    their "v-loss". The gap 1 − (1 − σ_min)·t is clamped at ``min_gap`` (their t-clip) so the weight
+    1/gap² of errors stays bounded near t = 1.
+    """
+    dtype = torch.promote_types(torch.promote_types(x_hat.dtype, x_t.dtype), torch.float32)  # never in bf16
+    x_hat, x_t = x_hat.to(dtype), x_t.to(dtype)
+    gap = (1 - (1 - sigma_min) * _expand(t, x_t)).clamp(min=min_gap)
+    return (x_hat - (1 - sigma_min) * x_t) / gap
 
 
 def sample_time(

@@ -69,6 +69,27 @@ def test_following_target_from_text_latent_reaches_path_end() -> None:
     )
 
 
+def test_velocity_from_a_perfect_data_prediction_is_the_target() -> None:
+    z_text, z_image = _latents()
+    t = torch.tensor([0.0, 0.3, 0.7, 0.95], dtype=torch.float64)
+    x_t = flow.path_sample(z_text, z_image, t)
+    v = flow.velocity_from_data(z_image, x_t, t)
+    torch.testing.assert_close(v, flow.target_velocity(z_text, z_image), rtol=0, atol=1e-9)
+    # One Euler step of the implied velocity over the remaining time lands on the prediction.
+    torch.testing.assert_close(x_t + (1 - t).reshape(-1, 1, 1, 1) * v, z_image, rtol=0, atol=1e-4)
+
+
+def test_velocity_from_data_clamps_the_gap_near_the_image_end() -> None:
+    z_text, z_image = _latents()
+    t = torch.full((4,), 0.999, dtype=torch.float64)
+    x_t = flow.path_sample(z_text, z_image, t)
+    x_hat = z_image + 0.1  # an imperfect prediction: its error is divided by the clamped gap, not by 1e-3
+    v = flow.velocity_from_data(x_hat, x_t, t, min_gap=0.05)
+    expected = (x_hat - (1 - SIGMA_MIN) * x_t) / 0.05
+    torch.testing.assert_close(v, expected, rtol=0, atol=1e-9)
+    assert flow.velocity_from_data(x_hat.bfloat16(), x_t.float(), t.float()).dtype == torch.float32
+
+
 @pytest.mark.parametrize("shape", [(3, 8, 8), (16, 5), (7,)])
 def test_path_broadcasts_per_sample_time(shape: tuple[int, ...]) -> None:
     z_text, z_image = _latents(b=3, shape=shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crossflow import flow
 from crossflow.config import ModelConfig
 from crossflow.models.alignment import ContrastiveAlignment
 from crossflow.models.transformer import FlowTransformer
@@ -29,5 +30,8 @@ class CrossFlowModel(nn.Module):
         return self.variational(tokens, mask)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
-        """v_θ(x_t, t, indicator)."""
-        return self.flow(x_t, t, unconditional)
+        """v_θ(x_t, t, indicator), whatever the network predicts (config.prediction)."""
+        out = self.flow(x_t, t, unconditional)
+        if self.config.prediction == "data":
+            return flow.velocity_from_data(out, x_t, t, self.config.sigma_min)
+        return out
