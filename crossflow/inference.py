@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from crossflow import flow
 from crossflow.config import ModelConfig
 from crossflow.errors import CrossFlowError
 from crossflow.models.codec import build_codec
@@ -125,11 +124,9 @@ class CrossFlowPipeline:
         """Prompts -> z_text (B, C, H, W): a draw from the VE's N(μ, σ²) (or μ itself with ``sample=False``)."""
         tokens, mask = self.text_encoder(list(prompts))
         mu, logvar = self.model.encode_text(tokens.to(self.device), mask.to(self.device))
-        if not sample:
-            return mu
-        if generator is not None and generator.device != mu.device:
+        if sample and generator is not None and generator.device != mu.device:
             raise CrossFlowError(f"generator is on {generator.device}, model on {mu.device}")
-        return flow.reparameterize(mu, logvar, generator=generator)
+        return self.model.text_latent(mu, logvar, generator=generator, sample=sample)
 
     def velocity_fn(self, guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The (guided) velocity callable the solvers integrate."""

@@ -108,7 +108,7 @@ class CrossFlowLitModule(pl.LightningModule):
         cfg, b = self.loss_config, images.shape[0]
         tokens, mask = self.text_encoder(captions)
         mu, logvar = self.model.encode_text(tokens, mask)
-        z_text = flow.reparameterize(mu, logvar, generator=generator)
+        z_text = self.model.text_latent(mu, logvar, generator=generator)
         z_image = self.codec.encode(images)
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
         z_target = flow.roll_unconditional_targets(z_image, uncond)

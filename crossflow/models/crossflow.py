@@ -29,6 +29,13 @@ class CrossFlowModel(nn.Module):
         """Token states -> (μ, log σ²) of the text latent."""
         return self.variational(tokens, mask)
 
+    def text_latent(
+        self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """z_text in the image-latent shape: a reparameterised draw from N(μ, σ²) (or μ), brought up from the VE's grid."""
+        z = flow.reparameterize(mu, logvar, generator=generator) if sample else mu
+        return self.variational.upsample(z)
+
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
         """v_θ(x_t, t, indicator), whatever the network predicts (config.prediction)."""
         out = self.flow(x_t, t, unconditional)

@@ -30,6 +30,10 @@ class VariationalEncoderConfig:
     ``flatten``: docs/experiments.md)."""
     num_queries: int = 16
     """Pooled slots for ``pooling: attention``."""
+    grid_downsample: int = 1
+    """μ and log σ² live on a grid this many times coarser than the latent (1 = the paper: one value per
+    latent element); the sampled z_text is repeated over f×f blocks up to the latent shape. A smooth,
+    blockwise source leaves no per-element pattern for the flow to cancel (docs/experiments.md)."""
     logvar_min: float = -12.0
     """Clamp on log σ² so exp() stays finite in fp16/bf16."""
     logvar_max: float = 4.0
@@ -65,12 +69,24 @@ class VariationalEncoder(nn.Module):
             raise ValueError(f"unknown VE pooling {config.pooling!r}; expected 'flatten' or 'attention'")
         self.token_proj = nn.Linear(config.width, config.token_dim)
         c, h, w = self.latent_shape
-        self.out = nn.Linear(slots * config.token_dim, 2 * c * h * w)
+        f = config.grid_downsample
+        if f < 1 or h % f or w % f:
+            raise ValueError(f"grid_downsample {f} must be a positive divisor of the latent size {h}x{w}")
+        self.grid_shape = (c, h // f, w // f)
+        self.out = nn.Linear(slots * config.token_dim, 2 * c * (h // f) * (w // f))
         nn.init.normal_(self.out.weight, std=(slots * config.token_dim) ** -0.5)
         nn.init.zeros_(self.out.bias)
 
+    def upsample(self, z: torch.Tensor) -> torch.Tensor:
+        """A sample on the VE's grid (B, C, H/f, W/f) -> the latent shape, each value repeated over f×f."""
+        f = self.config.grid_downsample
+        return z if f == 1 else z.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens: (B, L, D_txt) frozen-encoder states; mask: (B, L) bool, True for real tokens."""
+        """tokens: (B, L, D_txt) frozen-encoder states; mask: (B, L) bool, True for real tokens.
+
+        Returns μ, log σ² on the VE's grid: the latent shape (C, H, W), or (C, H/f, W/f) with grid_downsample f.
+        """
         b, length, _ = tokens.shape
         if length != self.num_tokens:
             raise ValueError(f"expected {self.num_tokens} text tokens, got {length} (text encoder max_length mismatch)")
@@ -87,7 +103,7 @@ class VariationalEncoder(nn.Module):
             # Padding positions carry no information: zero them so the flat projection ignores them.
             x = self.token_proj(x) * mask[..., None].to(x.dtype)
         mu, logvar = self.out(x.reshape(b, -1)).chunk(2, dim=-1)
-        c, h, w = self.latent_shape
+        c, h, w = self.grid_shape
         mu = rearrange(mu, "b (c h w) -> b c h w", c=c, h=h, w=w)
         logvar = rearrange(logvar, "b (c h w) -> b c h w", c=c, h=h, w=w)
         return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)

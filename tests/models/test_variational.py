@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossflow.config import ModelConfig
+from crossflow.models.crossflow import CrossFlowModel
 from crossflow.models.variational import VariationalEncoder, VariationalEncoderConfig
 
 LATENT = (3, 8, 8)
@@ -83,3 +85,29 @@ def test_gradients_reach_every_parameter() -> None:
     (mu.square().mean() + logvar.mean()).backward()
     for name, p in ve.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_coarse_grid_is_sampled_then_repeated_up_to_the_latent_shape(tiny_model_config: ModelConfig) -> None:
+    ve = _ve(grid_downsample=4)
+    tokens, mask = _inputs()
+    mu, logvar = ve(tokens, mask)
+    assert mu.shape == (3, 3, 2, 2) and logvar.shape == (3, 3, 2, 2)
+    z = ve.upsample(mu)
+    assert z.shape == (3, *LATENT)
+    # Every 4x4 block of the latent holds one grid value.
+    torch.testing.assert_close(z[:, :, :4, :4], mu[:, :, :1, :1].expand(-1, -1, 4, 4))
+    torch.testing.assert_close(z[:, :, 4:, :4], mu[:, :, 1:, :1].expand(-1, -1, 4, 4))
+    assert _ve().upsample(mu) is mu  # f = 1 is the paper's per-element VE
+    # Through the model: the reparameterised draw happens on the grid, so each block is constant.
+    tiny_model_config.variational.grid_downsample = 4
+    model = CrossFlowModel(tiny_model_config, text_dim=32)
+    z_text = model.text_latent(mu, logvar, generator=torch.Generator().manual_seed(0))
+    assert z_text.shape == (3, *LATENT)
+    assert torch.equal(z_text[:, :, :4, :4], z_text[:, :, :1, :1].expand(-1, -1, 4, 4))
+    assert torch.equal(model.text_latent(mu, logvar, sample=False), z)
+
+
+@pytest.mark.parametrize("factor", [0, 3])
+def test_grid_downsample_must_divide_the_latent(factor: int) -> None:
+    with pytest.raises(ValueError, match="grid_downsample"):
+        _ve(grid_downsample=factor)
