@@ -119,14 +119,14 @@ class CrossFlowPipeline:
 
     @torch.no_grad()
     def encode_prompts(
-        self, prompts: Sequence[str], generator: torch.Generator | None = None, sample: bool = True
+        self, prompts: Sequence[str], generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        """Prompts -> z_text (B, C, H, W): a draw from the VE's N(μ, σ²) (or μ itself with ``sample=False``)."""
+        """Prompts -> z_text (B, C, H, W) = μ + τ·σ·ε from the VE (τ = 0: μ itself, the same image for every seed)."""
         tokens, mask = self.text_encoder(list(prompts))
         mu, logvar = self.model.encode_text(tokens.to(self.device), mask.to(self.device))
-        if sample and generator is not None and generator.device != mu.device:
+        if generator is not None and generator.device != mu.device:
             raise CrossFlowError(f"generator is on {generator.device}, model on {mu.device}")
-        return self.model.text_latent(mu, logvar, generator=generator, sample=sample)
+        return self.model.text_latent(mu, logvar, generator=generator, temperature=temperature)
 
     def velocity_fn(self, guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The (guided) velocity callable the solvers integrate."""
@@ -157,18 +157,24 @@ class CrossFlowPipeline:
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         solver: Solver = "euler",
         generator: torch.Generator | None = None,
+        temperature: float = 1.0,
         output_type: str = "pil",
         progress: Callable[[int], None] | None = None,
     ) -> list[Image.Image] | torch.Tensor:
-        """Prompts -> images (PIL by default, or a (B, C, S, S) tensor in [0, 1] with ``output_type="pt"``)."""
+        """Prompts -> images (PIL by default, or a (B, C, S, S) tensor in [0, 1] with ``output_type="pt"``).
+
+        ``temperature`` τ scales the VE's σ when drawing z_text (1 = the trained distribution, 0 = μ only).
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p or not p.strip() for p in prompts):
             raise CrossFlowError("prompts must be non-empty strings")
         _check_sampling_args(num_steps, guidance_scale)
+        if temperature < 0:
+            raise CrossFlowError(f"temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
         was_training = self.model.training
         self.model.eval()
         try:
-            z_text = self.encode_prompts(prompts, generator=generator)
+            z_text = self.encode_prompts(prompts, generator=generator, temperature=temperature)
             z_image = self.generate_latents(z_text, num_steps, guidance_scale, solver, progress=progress)
         finally:
             self.model.train(was_training)

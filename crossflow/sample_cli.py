@@ -20,6 +20,7 @@ def sample(
     num: int = 4,
     steps: int = DEFAULT_NUM_STEPS,
     cfg_scale: float = DEFAULT_GUIDANCE_SCALE,
+    temperature: float = 1.0,
     seed: int = 0,
     solver: Solver = "euler",
     out: str = "samples",
@@ -35,6 +36,7 @@ def sample(
         num: Images per prompt.
         steps: ODE solver steps from the text latent (t = 0) to the image (t = 1).
         cfg_scale: Classifier-free guidance scale (1 = none).
+        temperature: Scale τ of the VE's σ when drawing z_text (1 = as trained, 0 = μ only: one image per prompt).
         seed: Random seed: the same seed gives identical pixels.
         solver: euler or heun.
         out: Output folder (grid.png and NNN.png files).
@@ -49,6 +51,8 @@ def sample(
         raise CrossFlowError(f"--steps must be positive, got {steps}")
     if cfg_scale < 1.0:
         raise CrossFlowError(f"--cfg-scale must be >= 1 (1 = no guidance), got {cfg_scale}")
+    if temperature < 0:
+        raise CrossFlowError(f"--temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
     if not prompts or any(not p.strip() for p in prompts):
         raise CrossFlowError("--prompt must be a non-empty string")
     pipe = CrossFlowPipeline.from_pretrained(ckpt, device=device, use_ema=not no_ema)
@@ -56,7 +60,7 @@ def sample(
     generator = torch.Generator(device=device).manual_seed(seed)
     with tqdm(total=steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         images = pipe(
-            all_prompts, num_steps=steps, guidance_scale=cfg_scale, solver=solver, generator=generator,
+            all_prompts, num_steps=steps, guidance_scale=cfg_scale, solver=solver, generator=generator, temperature=temperature,
             progress=lambda i: bar.update(1),
         )
     out_dir = Path(out)
@@ -79,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_NUM_STEPS, help=f"solver steps (default {DEFAULT_NUM_STEPS})")
     p.add_argument("--cfg-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                    help=f"classifier-free guidance scale, 1 = none (default {DEFAULT_GUIDANCE_SCALE})")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of the text latent's σ (default 1 = as trained; 0 = μ only, one image per prompt)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical pixels")
     p.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver (default euler)")
     p.add_argument("--out", default="samples", help="output folder (default samples/)")

@@ -85,10 +85,24 @@ def test_pil_output_matches_tensor_output(pipe: CrossFlowPipeline, reference: to
 
 
 def test_guidance_changes_the_images(pipe: CrossFlowPipeline, reference: torch.Tensor) -> None:
-    plain = reference  # the default guidance scale is 1
+    plain = _images(pipe, 0, guidance_scale=1.0)
     guided = _images(pipe, 0, guidance_scale=3.0)
     assert guided.shape == plain.shape
     assert not torch.allclose(plain, guided)
+
+
+def test_temperature_zero_samples_mu_and_ignores_the_seed(pipe: CrossFlowPipeline, reference: torch.Tensor) -> None:
+    cold = _images(pipe, 0, temperature=0.0)
+    assert torch.equal(cold, _images(pipe, 1, temperature=0.0))
+    assert not torch.equal(cold, reference)
+    assert torch.equal(_images(pipe, 0, temperature=1.0), reference)  # 1 is the default: the VE's own σ
+    # In between, z_text moves towards μ in proportion to τ.
+    mu = pipe.encode_prompts(PROMPTS, temperature=0.0)
+    full = pipe.encode_prompts(PROMPTS, generator=_seed(3))
+    half = pipe.encode_prompts(PROMPTS, generator=_seed(3), temperature=0.5)
+    torch.testing.assert_close(half - mu, 0.5 * (full - mu), atol=1e-5, rtol=1e-4)
+    with pytest.raises(CrossFlowError, match="temperature"):
+        pipe(PROMPTS, num_steps=STEPS, temperature=-1.0)
 
 
 def test_sampling_restores_training_mode(pipe: CrossFlowPipeline) -> None:

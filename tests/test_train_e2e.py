@@ -125,6 +125,7 @@ def test_pipeline_from_checkpoint_matches_saved_folder(trained_run: Path, tmp_pa
         (["--prompt", " "], "non-empty"),
         (["--prompt", "a red circle", "--steps", "0"], "--steps must be positive"),
         (["--prompt", "a red circle", "--cfg-scale", "0.5"], "--cfg-scale must be >= 1"),
+        (["--prompt", "a red circle", "--temperature", "-0.5"], "--temperature must be >= 0"),
     ],
 )
 def test_sample_cli_bad_input_is_one_line(

@@ -31,6 +31,7 @@ def evaluate_pipeline(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[dict[str, float], list]:
     """Sample one image per prompt (seeded) and score it; returns (scores, images)."""
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
@@ -38,7 +39,8 @@ def evaluate_pipeline(
     batches = range(0, len(prompts), batch_size)
     for start in tqdm(batches, desc=f"sampling w={guidance_scale}", disable=not progress, file=sys.stderr):
         chunk = prompts[start:start + batch_size]
-        images += pipe([p.caption for p in chunk], num_steps=num_steps, guidance_scale=guidance_scale, generator=generator)
+        images += pipe([p.caption for p in chunk], num_steps=num_steps, guidance_scale=guidance_scale, generator=generator,
+                       temperature=temperature)
     return score(images, [p.attributes for p in prompts]), images
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -30,10 +32,19 @@ class CrossFlowModel(nn.Module):
         return self.variational(tokens, mask)
 
     def text_latent(
-        self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+        self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        """z_text in the image-latent shape: a reparameterised draw from N(μ, σ²) (or μ), brought up from the VE's grid."""
-        z = flow.reparameterize(mu, logvar, generator=generator) if sample else mu
+        """z_text in the image-latent shape: μ + τ·σ·ε on the VE's grid, brought up to the latent shape.
+
+        τ = 1 draws from the VE's N(μ, σ²) as in training; τ = 0 is μ itself (one image per prompt);
+        in between trades diversity for fidelity, like the truncation trick of GANs.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if temperature == 0:
+            z = mu
+        else:
+            z = flow.reparameterize(mu, logvar + 2 * math.log(temperature), generator=generator)
         return self.variational.upsample(z)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:

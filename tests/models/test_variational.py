@@ -104,7 +104,7 @@ def test_coarse_grid_is_sampled_then_repeated_up_to_the_latent_shape(tiny_model_
     z_text = model.text_latent(mu, logvar, generator=torch.Generator().manual_seed(0))
     assert z_text.shape == (3, *LATENT)
     assert torch.equal(z_text[:, :, :4, :4], z_text[:, :, :1, :1].expand(-1, -1, 4, 4))
-    assert torch.equal(model.text_latent(mu, logvar, sample=False), z)
+    assert torch.equal(model.text_latent(mu, logvar, temperature=0.0), z)
 
 
 @pytest.mark.parametrize("factor", [0, 3])
