@@ -51,7 +51,7 @@ def main() -> None:
             for scale in args.scales:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     scores, _ = evaluate_pipeline(pipe, prompts, args.steps, scale, seed=EVAL_SEED, temperature=tau)
-                    spread = diversity(pipe, prompts[:16], args.steps, scale, tau) if phrasing == "train" else float("nan")
+                    spread = diversity(pipe, prompts[:16], args.steps, scale, tau) if phrasing == "train" else "—"
                 rows.append([phrasing, scale, tau, *(scores[k] for k in KEYS), spread])
                 print(rows[-1], flush=True)
     body = table(["phrasing", "guidance", "temperature", *KEYS, "diversity"], rows)
