@@ -29,8 +29,8 @@ from crossflow.sampling import Solver, classifier_free_guidance, solve_ode
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-# Chosen by a guidance sweep of the demo recipe (docs/experiments.md: all-correct .70 at w = 1, .73 at
-# 1.5, .74 at 2.5); bench/guidance_sweep.py re-measures it on any checkpoint (docs/results.md).
+# Chosen by a guidance sweep of the demo checkpoint (256 prompts: all-correct .74 / .81 / .79 at w = 1 / 2.5 / 4);
+# bench/guidance_sweep.py re-measures it on any checkpoint (docs/results.md).
 DEFAULT_GUIDANCE_SCALE = 2.5
 DEFAULT_NUM_STEPS = 50
 

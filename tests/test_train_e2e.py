@@ -118,6 +118,34 @@ def test_pipeline_from_checkpoint_matches_saved_folder(trained_run: Path, tmp_pa
     assert torch.equal(a, b)
 
 
+def test_export_cli_writes_a_folder_that_samples_like_the_checkpoint(trained_run: Path, tmp_path: Path) -> None:
+    from crossflow.checkpoint import main as export_main
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    export_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "ema")])
+    export_main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "raw"), "--no-ema"])
+    assert {p.name for p in (tmp_path / "ema").iterdir()} == {"config.json", "model.safetensors"}
+    kwargs = {"num_steps": 3, "output_type": "pt", "guidance_scale": 1.0}
+    images = {}
+    for name, source in (("ckpt", ckpt), ("ema", tmp_path / "ema"), ("raw", tmp_path / "raw")):
+        pipe = CrossFlowPipeline.from_pretrained(source)
+        images[name] = pipe(["a red circle"], generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(images["ckpt"], images["ema"])  # the checkpoint's default is its EMA weights
+    raw = CrossFlowPipeline.from_pretrained(ckpt, use_ema=False)
+    assert torch.equal(raw(["a red circle"], generator=torch.Generator().manual_seed(0), **kwargs), images["raw"])
+
+
+def test_export_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crossflow.checkpoint import main as export_main
+
+    with pytest.raises(SystemExit) as exc:
+        export_main(["export", "--ckpt", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "out")])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint not found" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
