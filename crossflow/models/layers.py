@@ -61,17 +61,13 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
-def _sdpa_backends(q: torch.Tensor) -> list[SDPBackend]:
-    """Kernels SDPA may pick for ``q``: all of them, except when training on CPU in bf16/fp16.
-
-    There the fused CPU flash kernel's *backward* is several times slower than the plain math path at our
-    sequence lengths (bench/attention_cpu.py, docs/results.md) and dominated the demo's step; its forward
-    is the faster one, so sampling keeps it.
+def _needs_math_kernel(q: torch.Tensor) -> bool:
+    """True when training on CPU in bf16/fp16: there the fused CPU flash kernel's *backward* is several times
+    slower than the plain math path at our sequence lengths (bench/attention_cpu.py, docs/results.md) and
+    dominated the demo's step. Its forward is the faster one, so sampling keeps it; other devices are untouched.
     """
     low_precision = q.dtype in (torch.bfloat16, torch.float16)
-    if q.device.type == "cpu" and low_precision and torch.is_grad_enabled() and q.requires_grad:
-        return [SDPBackend.MATH]
-    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    return q.device.type == "cpu" and low_precision and torch.is_grad_enabled() and q.requires_grad
 
 
 class Attention(nn.Module):
@@ -94,7 +90,10 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-        with sdpa_kernel(_sdpa_backends(q)):
+        if _needs_math_kernel(q):
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # SDPA's own choice (and any sdpa_kernel context the caller set)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
