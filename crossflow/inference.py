@@ -168,9 +168,7 @@ class CrossFlowPipeline:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p or not p.strip() for p in prompts):
             raise CrossFlowError("prompts must be non-empty strings")
-        _check_sampling_args(num_steps, guidance_scale)
-        if temperature < 0:
-            raise CrossFlowError(f"temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
+        _check_sampling_args(num_steps, guidance_scale, temperature)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -184,7 +182,9 @@ class CrossFlowPipeline:
         return to_pil(images)
 
 
-def _check_sampling_args(num_steps: int, guidance_scale: float) -> None:
+def _check_sampling_args(num_steps: int, guidance_scale: float, temperature: float = 1.0) -> None:
+    if temperature < 0:
+        raise CrossFlowError(f"temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
     if num_steps <= 0:
         raise CrossFlowError(f"num_steps must be positive, got {num_steps}")
     if guidance_scale < 1.0:
