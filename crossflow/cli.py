@@ -14,11 +14,11 @@ import torch
 from jsonargparse import lazy_instance, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from crossflow.datamodule import ShardDataModule
 from crossflow.errors import exit_on_user_error
 from crossflow.lit_module import CrossFlowLitModule
+from crossflow.strategies import AtomicCheckpointIO
 
 
 def git_sha() -> str | None:
@@ -36,9 +36,10 @@ def git_sha() -> str | None:
 class RunInfo(pl.Callback):
     """Writes ``run_info.json`` (git SHA, command line, versions) next to the resolved config."""
 
-    @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        run_dir = trainer.log_dir or trainer.default_root_dir
+        run_dir = trainer.log_dir or trainer.default_root_dir  # a collective on some strategies: every rank asks
+        if not trainer.is_global_zero:
+            return
         os.makedirs(run_dir, exist_ok=True)
         info: dict[str, Any] = {
             "git_sha": git_sha(), "argv": sys.argv, "python": platform.python_version(),
@@ -70,6 +71,8 @@ def main(args: list[str] | None = None) -> None:
             # --trainer.logger.init_args.offline=false logs online.
             trainer_defaults={
                 "callbacks": [RunInfo()],
+                # Checkpoint files are written to <path>.partial and renamed: a crash never leaves a torn one.
+                "plugins": [AtomicCheckpointIO()],
                 "logger": lazy_instance(WandbLogger, project="crossflow", offline=True, save_dir="runs"),
             },
         )

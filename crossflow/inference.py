@@ -24,7 +24,7 @@ from crossflow.config import ModelConfig
 from crossflow.errors import CrossFlowError
 from crossflow.models.codec import build_codec
 from crossflow.models.crossflow import CrossFlowModel
-from crossflow.models.text_encoder import FrozenTextEncoder
+from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
 from crossflow.sampling import Solver, classifier_free_guidance, solve_ode
 
 CONFIG_NAME = "config.json"
@@ -35,12 +35,48 @@ DEFAULT_GUIDANCE_SCALE = 2.5
 DEFAULT_NUM_STEPS = 50
 
 
+EMA_PREFIX = "ema_model."  # the EMA callback's averaged copy of the network inside the LightningModule
+MODEL_PREFIX = "model."
+
+
+def _pick_weights(keys: set[str], use_ema: bool) -> str:
+    """The state-dict prefix to sample from: the EMA copy when present (and wanted), else the raw weights."""
+    return EMA_PREFIX if use_ema and any(k.startswith(EMA_PREFIX) for k in keys) else MODEL_PREFIX
+
+
+def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, weights) from an FSDP2 run's DCP folder, read in this process (any number of shards)."""
+    from crossflow.checkpoint import read_lightning_meta, read_sharded, sharded_keys
+
+    meta = read_lightning_meta(path).get("crossflow")
+    if not meta or "config" not in meta:
+        raise CrossFlowError(f"{path} is not a CrossFlow checkpoint (no model config inside)")
+    config = ModelConfig.from_dict(meta["config"])
+    keys = {k[len("state_dict."):] for k in sharded_keys(path) if k.startswith("state_dict.")}
+    prefix = _pick_weights(keys, use_ema)
+    with torch.device("meta"):  # shapes only: the tensors are allocated empty below and filled from disk
+        template = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained)).state_dict()
+    missing = sorted(prefix + k for k in template if prefix + k not in keys)
+    if missing:
+        raise CrossFlowError(f"checkpoint {path} does not match its model config: missing {missing[0]}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    state = {"state_dict": {prefix + k: torch.empty_like(v, device="cpu") for k, v in template.items()}}
+    read_sharded(path, state)
+    return config, {k[len(prefix):]: v for k, v in state["state_dict"].items()}
+
+
 def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state dict of CrossFlowModel) from a folder, a .safetensors file or a Lightning .ckpt."""
+    """(config, state dict of CrossFlowModel) from a folder, a .safetensors file or a Lightning checkpoint."""
+    from crossflow.checkpoint import is_sharded_checkpoint
+
+    if path.is_dir() and is_sharded_checkpoint(path):
+        return _read_sharded_checkpoint(path, use_ema)
     if path.is_dir():
         config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not config_file.exists() or not weights_file.exists():
-            raise CrossFlowError(f"{path} is not a saved CrossFlow model (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+            raise CrossFlowError(
+                f"{path} is neither a saved CrossFlow model ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a sharded checkpoint"
+            )
         return ModelConfig.from_dict(json.loads(config_file.read_text())), load_file(str(weights_file))
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -62,10 +98,10 @@ def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, 
     meta = ckpt.get("crossflow") if isinstance(ckpt, dict) else None
     if not meta or "config" not in meta:
         raise CrossFlowError(f"{path} is not a CrossFlow checkpoint (no model config inside)")
-    if use_ema and "ema_state_dict" in ckpt:
-        state = ckpt["ema_state_dict"]
-    else:
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if use_ema and "ema_state_dict" in ckpt:  # checkpoints written before the EMA became a module
+        return ModelConfig.from_dict(meta["config"]), ckpt["ema_state_dict"]
+    prefix = _pick_weights(set(ckpt["state_dict"]), use_ema)
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     return ModelConfig.from_dict(meta["config"]), state
 
 
@@ -92,7 +128,7 @@ class CrossFlowPipeline:
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
     ) -> CrossFlowPipeline:
-        """Load a Lightning checkpoint (EMA weights by default), a saved folder or a .safetensors file."""
+        """Load a Lightning checkpoint (file or sharded folder; EMA weights by default), a saved folder or a .safetensors file."""
         path = Path(path)
         if not path.exists():
             raise CrossFlowError(f"checkpoint not found: {path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,9 @@ from crossflow.errors import CrossFlowError
 from crossflow.models.codec import build_codec
 from crossflow.models.crossflow import CrossFlowModel
 from crossflow.models.text_encoder import FrozenTextEncoder
+from crossflow.parallel import parallelize
+from crossflow.resume import gather_rank_states, restore_rank_state, set_rng_states
+from crossflow.strategies import mesh_param_dtype
 
 CHECKPOINT_KEY = "crossflow"
 
@@ -61,6 +65,7 @@ class CrossFlowLitModule(pl.LightningModule):
         loss: LossConfig = LossConfig(),  # noqa: B008
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         compile_blocks: bool = False,
+        activation_checkpointing: bool = False,
     ) -> None:
         """
         Args:
@@ -69,9 +74,14 @@ class CrossFlowLitModule(pl.LightningModule):
             optimizer: AdamW and its schedule.
             compile_blocks: ``torch.compile`` each flow-transformer block (fuses the small element-wise ops
                 around the matmuls; costs a one-off compile at the first steps).
+            activation_checkpointing: Recompute the flow blocks' activations in backward: less memory for
+                ~1/3 more compute (docs/results.md has the memory arithmetic for the xl preset).
         """
         super().__init__()
         self.compile_blocks = compile_blocks
+        self.activation_checkpointing = activation_checkpointing
+        self._parallelized = False
+        self._rng_to_restore: dict[str, Any] | None = None
         # Copies: the defaults above are shared objects.
         self.model_config = copy.deepcopy(model)
         self.loss_config = copy.deepcopy(loss)
@@ -82,13 +92,39 @@ class CrossFlowLitModule(pl.LightningModule):
         # The frozen encoder's weights are stripped from checkpoints, so loading must not demand them.
         self.strict_loading = False
 
+    @property
+    def sampling_model(self) -> CrossFlowModel:
+        """The weights to sample and validate with: the EMA copy when the EMA callback made one."""
+        ema = getattr(self, "ema_model", None)
+        return ema if ema is not None else self.model
+
     def configure_model(self) -> None:
-        if self.compile_blocks:
-            for block in self.model.flow.blocks:
-                block.compile()  # in place: parameter names and state-dict keys stay the same
+        """Shard with FSDP2 when the strategy gives a device mesh (FSDP2Strategy); AC and compile either way."""
+        if self._parallelized:  # called again by every trainer.fit / validate
+            return
+        self._parallelized = True
+        mesh = self._device_mesh["data_parallel"] if self._device_mesh is not None else None
+        precision = self._trainer.precision if self._trainer is not None else None
+        param_dtype = mesh_param_dtype(precision)
+        parallelize(self.model, mesh, param_dtype=param_dtype, activation_checkpointing=self.activation_checkpointing,
+                    compile_blocks=self.compile_blocks)
+        if getattr(self, "ema_model", None) is not None:
+            parallelize(self.ema_model, mesh, param_dtype=param_dtype, frozen=True)
+
+    def step_generator(self, step: int) -> torch.Generator:
+        """The training step's randomness (t, CFG mask, VE noise) as a function of (seed, rank, step) only:
+        a resumed run draws exactly what the uninterrupted one drew, without saving RNG state."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        mixed = (seed * 1_000_003 + self.global_rank) * 1_000_000_007 + step
+        return torch.Generator(device=self.device).manual_seed(mixed % (2**63))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # first step after a resume: now, after loaders are rebuilt
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch["image"], batch["caption"])
+        losses = self.compute_losses(batch["image"], batch["caption"], generator=self.step_generator(self.global_step))
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         self.log("train/loss", losses["loss"], prog_bar=True)
         if "skipped" in batch:
@@ -98,26 +134,31 @@ class CrossFlowLitModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A fixed generator makes the validation loss comparable across evaluations.
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        losses = self.compute_losses(batch["image"], batch["caption"], generator=g)
+        losses = self.compute_losses(batch["image"], batch["caption"], generator=g, net=self.sampling_model)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["caption"]))
 
     def compute_losses(
-        self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        captions: list[str],
+        generator: torch.Generator | None = None,
+        net: CrossFlowModel | None = None,
     ) -> dict[str, torch.Tensor]:
         """The CrossFlow objective for one batch (paper Sec. 3, DESIGN.md 'What CrossFlow is')."""
         cfg, b = self.loss_config, images.shape[0]
+        net = self.model if net is None else net
         tokens, mask = self.text_encoder(captions)
-        mu, logvar = self.model.encode_text(tokens, mask)
-        z_text = self.model.text_latent(mu, logvar, generator=generator)
+        mu, logvar = net.encode_text(tokens, mask)
+        z_text = net.text_latent(mu, logvar, generator=generator)
         z_image = self.codec.encode(images)
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
         z_target = flow.roll_unconditional_targets(z_image, uncond)
         t = flow.sample_time(b, cfg.time_sampling, shift=cfg.time_shift, device=self.device, generator=generator)
         x_t = flow.path_sample(z_text, z_target, t, self.model_config.sigma_min)
         v_target = flow.target_velocity(z_text, z_target, self.model_config.sigma_min)
-        v_pred = self.model.velocity(x_t, t, uncond)
+        v_pred = net.velocity(x_t, t, uncond)
         loss_fm = flow.flow_matching_loss(v_pred, v_target)
-        loss_align = self.model.alignment(z_text, z_image)  # true pairs, also for unconditional samples
+        loss_align = net.alignment(z_text, z_image)  # true pairs, also for unconditional samples
         loss_kl = flow.kl_divergence(mu, logvar)
         loss = loss_fm + cfg.align_weight * loss_align + cfg.kl_weight * loss_kl
         return {
@@ -156,8 +197,10 @@ class CrossFlowLitModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"config": self.model_config.to_dict(), "format": 1}
+        checkpoint[CHECKPOINT_KEY] = {"config": self.model_config.to_dict(), "format": 2}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_encoder.")}
+        if self._trainer is not None:
+            gather_rank_states(self.trainer, checkpoint)  # collective: every rank saves through here
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         stored = checkpoint.get(CHECKPOINT_KEY, {}).get("config")
@@ -166,3 +209,5 @@ class CrossFlowLitModule(pl.LightningModule):
         diff = config_diff(ModelConfig.from_dict(stored), self.model_config)
         if diff:
             raise CrossFlowError("checkpoint was trained with another model config: " + "; ".join(diff[:5]))
+        if self._trainer is not None:
+            self._rng_to_restore = restore_rank_state(self.trainer, checkpoint)

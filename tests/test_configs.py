@@ -8,7 +8,9 @@ import pytest
 
 from crossflow.cli import main as train_main
 
-CONFIGS = sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
+CONFIGS = sorted(str(p) for p in CONFIG_DIR.glob("*.yaml"))
+TRAINER_OVERLAYS = sorted(str(p) for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
 
 
 def test_there_are_configs() -> None:
@@ -22,6 +24,19 @@ def test_config_parses(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     printed = capsys.readouterr().out
     assert "model:" in printed and "preset:" in printed and "train_shards:" in printed
+
+
+def test_there_are_trainer_overlays() -> None:
+    assert {Path(c).stem for c in TRAINER_OVERLAYS} >= {"single", "ddp", "fsdp2"}
+
+
+@pytest.mark.parametrize("overlay", TRAINER_OVERLAYS, ids=[Path(c).name for c in TRAINER_OVERLAYS])
+def test_trainer_overlay_parses(overlay: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/trainer/*.yaml are ``--trainer`` overlays on any model config."""
+    with pytest.raises(SystemExit) as exc:
+        train_main(["fit", "--config", str(CONFIG_DIR / "demo.yaml"), "--trainer", overlay, "--print_config"])
+    assert exc.value.code == 0
+    assert "strategy:" in capsys.readouterr().out
 
 
 def test_image_size_is_linked_not_repeated() -> None:

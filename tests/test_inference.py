@@ -164,15 +164,19 @@ def test_safetensors_without_config_raises(pipe: CrossFlowPipeline, tmp_path: Pa
         CrossFlowPipeline.from_pretrained(bare)
 
 
+@pytest.mark.parametrize("layout", ["ema_model", "legacy_ema_state_dict"])
 def test_lightning_style_checkpoint_loads_ema_weights(
-    pipe: CrossFlowPipeline, tmp_path: Path, reference: torch.Tensor
+    pipe: CrossFlowPipeline, tmp_path: Path, reference: torch.Tensor, layout: str
 ) -> None:
     state = pipe.model.state_dict()
     ckpt = {
         "crossflow": {"config": pipe.config.to_dict()},
         "state_dict": {f"model.{k}": torch.zeros_like(v) for k, v in state.items()},
-        "ema_state_dict": state,
     }
+    if layout == "ema_model":  # the EMA callback's copy inside the LightningModule
+        ckpt["state_dict"].update({f"ema_model.{k}": v for k, v in state.items()})
+    else:  # checkpoints written before the EMA became a module
+        ckpt["ema_state_dict"] = state
     torch.save(ckpt, tmp_path / "last.ckpt")
     ema = CrossFlowPipeline.from_pretrained(tmp_path / "last.ckpt")
     assert torch.equal(_images(ema, 0), reference)
@@ -184,7 +188,7 @@ def test_missing_path_raises(tmp_path: Path) -> None:
     with pytest.raises(CrossFlowError, match="checkpoint not found"):
         CrossFlowPipeline.from_pretrained(tmp_path / "nope")
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(CrossFlowError, match="not a saved CrossFlow model"):
+    with pytest.raises(CrossFlowError, match="neither a saved CrossFlow model"):
         CrossFlowPipeline.from_pretrained(tmp_path / "empty_dir")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(CrossFlowError, match="cannot read checkpoint"):

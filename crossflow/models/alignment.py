@@ -8,6 +8,7 @@ negatives only, which weakens the loss at small per-GPU batches).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,10 +67,17 @@ class ContrastiveAlignment(nn.Module):
         c, h, w = latent_shape
         self.text_proj = nn.Linear(c * h * w, dim)
         self.image_encoder = ImageFeatureEncoder(c, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        # Shape (1,), not a scalar: FSDP2 shards along dim 0 and refuses 0-d parameters.
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        key = prefix + "logit_scale"
+        if key in state_dict and state_dict[key].ndim == 0:  # checkpoints from before the (1,) shape
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z_text: torch.Tensor, z_image: torch.Tensor) -> torch.Tensor:
         text_emb = self.text_proj(rearrange(z_text, "b c h w -> b (c h w)"))
         image_emb = self.image_encoder(z_image)
         # Clamp the learnable temperature at 1/100 as CLIP does, so logits cannot blow up.
-        return symmetric_info_nce(text_emb, image_emb, self.logit_scale.clamp(max=math.log(100.0)))
+        return symmetric_info_nce(text_emb, image_emb, self.logit_scale.clamp(max=math.log(100.0)).squeeze(0))

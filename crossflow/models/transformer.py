@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from crossflow.models.layers import (
     AdaLNBlock,
@@ -80,6 +81,8 @@ class FlowTransformer(nn.Module):
         self.time_embed = TimestepEmbedder(d)
         self.blocks = nn.ModuleList(AdaLNBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(d, c * p * p)
+        # Recompute each block's activations in backward instead of storing them (crossflow.parallel sets it).
+        self.activation_checkpointing = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -105,6 +108,9 @@ class FlowTransformer(nn.Module):
         h = torch.cat([indicator, tokens], dim=1)
         c = self.time_embed(t)
         for block in self.blocks:
-            h = block(h, c)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, c, use_reentrant=False)
+            else:
+                h = block(h, c)
         out = self.final(h[:, 1:], c)
         return unpatchify(out, cfg.patch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
