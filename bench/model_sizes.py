@@ -1,6 +1,7 @@
 """Parameter counts and forward FLOPs per sample of every flow-transformer preset (and the demo model).
 
 Built on the meta device: nothing is allocated, so the 1B preset is counted on a laptop.
+FLOPs: crossflow.perf.forward_flops_per_sample (what it counts is documented there).
 Run: python bench/model_sizes.py
 """
 
@@ -18,15 +19,7 @@ from crossflow.config import ModelConfig  # noqa: E402
 from crossflow.models.codec import CodecConfig  # noqa: E402
 from crossflow.models.crossflow import CrossFlowModel  # noqa: E402
 from crossflow.models.transformer import PRESETS, FlowTransformer, FlowTransformerConfig  # noqa: E402
-
-
-def flops_per_sample(cfg: FlowTransformerConfig) -> float:
-    """Forward FLOPs of one sample: 2·(matmul MACs) over all tokens plus attention scores (Kaplan et al. 2020)."""
-    n = cfg.num_patches + 1  # + the indicator token
-    d, depth, hidden = cfg.width, cfg.depth, int(cfg.width * cfg.mlp_ratio)
-    per_block = 2 * n * (3 * d * d + d * d + 2 * d * hidden) + 2 * 2 * n * n * d  # qkv, proj, mlp; QK^T and AV
-    patch = 2 * n * d * cfg.in_channels * cfg.patch_size ** 2 * 2  # embed + final linear
-    return depth * per_block + patch
+from crossflow.perf import forward_flops_per_sample  # noqa: E402
 
 
 def count(module: torch.nn.Module) -> int:
@@ -41,7 +34,7 @@ def main() -> None:
             with torch.device("meta"):
                 model = FlowTransformer(cfg)
             rows.append([name, label, cfg.width, cfg.depth, cfg.num_heads, cfg.num_patches,
-                         f"{count(model) / 1e6:.1f} M", f"{flops_per_sample(cfg) / 1e9:.2f}"])
+                         f"{count(model) / 1e6:.1f} M", f"{forward_flops_per_sample(cfg) / 1e9:.2f}"])
     body = table(["preset", "latent", "width", "depth", "heads", "tokens", "params", "fwd GFLOPs/sample"], rows)
 
     demo = ModelConfig()  # configs/demo.yaml uses these defaults: MiniLM (384-d, 24 tokens), pixels 32, tiny

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.tensor import DTensor
 
+from crossflow import perf
 from crossflow.inference import CrossFlowPipeline, make_grid
 
-EMA_KEY = "ema_state_dict"
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor parameter (FSDP2), or the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 class EMA(pl.Callback):
-    """Exponential moving average of the trainable model (``pl_module.model``), used for sampling.
+    """Exponential moving average of the trainable network, used for validation and sampling.
 
-    Only the trainable network is averaged (not the frozen text encoder). The averaged weights are
-    swapped in for validation and evaluation, and saved under ``ema_state_dict`` in checkpoints, which
-    ``CrossFlowPipeline.from_pretrained`` prefers.
+    The average lives in ``pl_module.ema_model``, a frozen copy of ``pl_module.model`` made before the
+    model is sharded, so FSDP2 shards it exactly like the weights (``crossflow.parallel``): each rank
+    averages its own shard with no communication, and the copy is saved in the model state dict, i.e.
+    inside sharded (DCP) checkpoints too. (Lightning's own EMA callback does not support sharded models.)
+    ``CrossFlowPipeline.from_pretrained`` samples from it by default.
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True) -> None:
@@ -31,56 +39,44 @@ class EMA(pl.Callback):
         super().__init__()
         self.decay = decay
         self.warmup = warmup
-        self.ema: dict[str, torch.Tensor] | None = None
         self._num_updates = 0
-        self._loaded: dict[str, torch.Tensor] | None = None
-        self._backup: dict[str, torch.Tensor] | None = None
+        self._restored = False
         self._last_step = -1
 
-    def _params(self, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
-        return {k: p for k, p in pl_module.model.named_parameters()}
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Before configure_model: the copy is then sharded (and compiled) along with the model.
+        if getattr(pl_module, "ema_model", None) is None:
+            pl_module.ema_model = copy.deepcopy(pl_module.model).requires_grad_(False)
 
+    def _pairs(self, pl_module: pl.LightningModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        ema = dict(pl_module.ema_model.named_parameters())
+        pairs = [(_local(ema[k]), _local(p)) for k, p in pl_module.model.named_parameters()]
+        return [e for e, _ in pairs], [p.detach() for _, p in pairs]
+
+    @torch.no_grad()
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        params = self._params(pl_module)
-        source = self._loaded if self._loaded is not None else params
-        self.ema = {k: source[k].detach().clone().to(p.device, p.dtype) for k, p in params.items()}
+        if not self._restored:  # a fresh run, or a checkpoint without EMA: start the average at the weights
+            ema, params = self._pairs(pl_module)
+            torch._foreach_copy_(ema, params)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.ema is None or trainer.global_step == self._last_step:  # no optimizer step (accumulation)
+        if trainer.global_step == self._last_step:  # no optimizer step (gradient accumulation)
             return
         self._last_step = trainer.global_step
         self._num_updates += 1
         n = self._num_updates
         decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-        params = self._params(pl_module)
-        keys = list(self.ema)
-        torch._foreach_lerp_([self.ema[k] for k in keys], [params[k].detach() for k in keys], 1.0 - decay)
+        ema, params = self._pairs(pl_module)
+        torch._foreach_lerp_(ema, params, 1.0 - decay)
 
-    @torch.no_grad()
-    def _swap(self, pl_module: pl.LightningModule) -> None:
-        if self.ema is None:
-            return
-        for k, p in self._params(pl_module).items():
-            tmp = p.detach().clone()
-            p.copy_(self.ema[k])
-            self.ema[k].copy_(tmp)
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_updates": self._num_updates}
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._swap(pl_module)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._swap(pl_module)
-
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.ema is not None:
-            checkpoint[EMA_KEY] = {k: v.detach().cpu().clone() for k, v in self.ema.items()}
-            checkpoint["ema_updates"] = self._num_updates
-
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if EMA_KEY in checkpoint:
-            self._loaded = checkpoint[EMA_KEY]
-            self._num_updates = int(checkpoint.get("ema_updates", 0))
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Called only when the checkpoint holds this callback's state, i.e. its EMA weights were saved too.
+        self._num_updates = int(state_dict["num_updates"])
+        self._restored = True
 
 
 def log_sample_grid(trainer: pl.Trainer, images: list, captions: list[str], name: str = "samples") -> None:
@@ -97,7 +93,12 @@ def log_sample_grid(trainer: pl.Trainer, images: list, captions: list[str], name
 
 
 def _pipeline(pl_module: pl.LightningModule) -> CrossFlowPipeline:
-    return CrossFlowPipeline(pl_module.model_config, pl_module.model, pl_module.text_encoder, pl_module.codec)
+    return CrossFlowPipeline(pl_module.model_config, pl_module.sampling_model, pl_module.text_encoder, pl_module.codec)
+
+
+def _is_sharded(pl_module: pl.LightningModule) -> bool:
+    """FSDP2: sampling needs every rank (parameters are all-gathered in forward), not rank 0 alone."""
+    return pl_module.device_mesh is not None
 
 
 class SampleGrid(pl.Callback):
@@ -115,11 +116,12 @@ class SampleGrid(pl.Callback):
         self.prompts, self.num_steps, self.guidance_scale, self.seed = prompts, num_steps, guidance_scale, seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.prompts:
+        if trainer.sanity_checking or not self.prompts or not (trainer.is_global_zero or _is_sharded(pl_module)):
             return
         g = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         images = _pipeline(pl_module)(self.prompts, num_steps=self.num_steps, guidance_scale=self.guidance_scale, generator=g)
-        log_sample_grid(trainer, images, self.prompts)
+        if trainer.is_global_zero:
+            log_sample_grid(trainer, images, self.prompts)
 
 
 class ShapesEvaluation(pl.Callback):
@@ -156,7 +158,8 @@ class ShapesEvaluation(pl.Callback):
         self.last_scores: dict[str, float] = {}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        # Under FSDP2 every rank must run the sampler's forwards (same prompts and seed); rank 0 scores.
+        if trainer.sanity_checking or not (trainer.is_global_zero or _is_sharded(pl_module)):
             return
         from crossflow.data.shapes import make_prompts
         from crossflow.eval.shapes import format_scores, score
@@ -167,6 +170,8 @@ class ShapesEvaluation(pl.Callback):
         images = _pipeline(pl_module)(
             [s.caption for s in samples], num_steps=self.num_steps, guidance_scale=self.guidance_scale, generator=g
         )
+        if not trainer.is_global_zero:
+            return
         scores = score(images, [s.attributes for s in samples])
         self.last_scores = scores
         pl_module.log_dict({f"eval/{k}": float(v) for k, v in scores.items() if k != "n"}, rank_zero_only=True)
@@ -175,29 +180,60 @@ class ShapesEvaluation(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Logs training samples/s and step time, and prints a progress line for non-interactive logs."""
+    """Logs speed, peak memory and MFU under ``perf/``; prints a progress line for non-interactive logs.
 
-    def __init__(self, window: int = 50, print_every: int = 250) -> None:
+    Every ``window`` training batches (validation time excluded), on rank 0:
+
+    - ``perf/samples_per_s``: all ranks together (rank 0's rate × world size);
+    - ``perf/tokens_per_s``: samples/s × the flow transformer's tokens per sample (patches + indicator);
+    - ``perf/step_time_s``: wall time per training batch;
+    - ``perf/peak_memory_gb`` on a GPU (CUDA peak allocated) or ``perf/peak_rss_gb`` elsewhere (peak process
+      RSS), in GiB, since the process started;
+    - ``perf/mfu``: model FLOPs utilisation per device, when the device's peak FLOP/s is known.
+
+    Token and FLOP counts come from ``pl_module.model_config.transformer_config()``; without it they are
+    skipped. What the FLOPs count (the flow transformer, 3 × forward) and the peak table are documented in
+    :mod:`crossflow.perf`.
+    """
+
+    def __init__(self, window: int = 50, print_every: int = 250, peak_flops: float = 0.0) -> None:
         """
         Args:
             window: Steps averaged per throughput measurement.
-            print_every: Print ``step, loss, samples/s`` every this many steps (0 = never); progress bars
+            print_every: Print ``step, loss, samples/s, MFU`` every this many steps (0 = never); progress bars
                 do not show in SLURM logs or redirected output.
+            peak_flops: Peak FLOP/s of one device, the MFU denominator (0 = look the GPU model up in the dense
+                bf16 table of crossflow.perf; no MFU on CPUs and GPUs not in it).
         """
         super().__init__()
         self.window = window
         self.print_every = print_every
+        self.peak_flops = peak_flops
         self._t0: float | None = None
         self._samples = 0
         self._steps = 0
         self._rate = float("nan")
+        self._mfu: float | None = None
+        self._tokens_per_sample: int | None = None
+        self._train_flops: int | None = None
+        self._peak: float | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        model_config = getattr(pl_module, "model_config", None)
+        if callable(getattr(model_config, "transformer_config", None)):
+            cfg = model_config.transformer_config()
+            self._tokens_per_sample = perf.flow_tokens_per_sample(cfg)
+            self._train_flops = perf.train_flops_per_sample(cfg)
+        # After the strategy's setup, so the module is on its device.
+        self._peak = self.peak_flops if self.peak_flops > 0 else perf.peak_flops_per_s(pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
         step = trainer.global_step
         if self.print_every and step % self.print_every == 0 and trainer.is_global_zero:
             loss = outputs["loss"].item() if isinstance(outputs, dict) else float("nan")
-            rank_zero_info(f"step {step}/{trainer.max_steps}: loss {loss:.4f}, {self._rate:.1f} samples/s")
+            mfu = "" if self._mfu is None else f", MFU {self._mfu:.1%}"
+            rank_zero_info(f"step {step}/{trainer.max_steps}: loss {loss:.4f}, {self._rate:.1f} samples/s{mfu}")
         if self._t0 is None:
             self._t0 = now  # the first step includes warm-up: start timing after it
             return
@@ -205,8 +241,18 @@ class Throughput(pl.Callback):
         self._steps += 1
         if self._steps >= self.window:
             dt = now - self._t0
-            self._rate = self._samples / dt * trainer.world_size
-            pl_module.log_dict({"perf/samples_per_s": self._rate, "perf/step_time_s": dt / self._steps}, rank_zero_only=True)
+            rate_per_device = self._samples / dt
+            self._rate = rate_per_device * trainer.world_size
+            metrics = {"perf/samples_per_s": self._rate, "perf/step_time_s": dt / self._steps}
+            if self._tokens_per_sample is not None:
+                metrics["perf/tokens_per_s"] = self._rate * self._tokens_per_sample
+            if self._train_flops is not None and self._peak:
+                self._mfu = perf.mfu(rate_per_device, self._train_flops, self._peak)
+                metrics["perf/mfu"] = self._mfu
+            memory = perf.peak_memory_gib(pl_module.device)
+            if memory is not None:
+                metrics[f"perf/{memory[0]}"] = memory[1]
+            pl_module.log_dict(metrics, rank_zero_only=True)
             self._t0, self._samples, self._steps = now, 0, 0
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
