@@ -1,15 +1,30 @@
-"""LightningDataModule over webdataset shards (any shards with an image and a caption)."""
+"""LightningDataModule over webdataset shards (any shards with an image and a caption).
+
+Training reads whole shards per reader slot (rank × worker) with equalised epochs, through a
+``torchdata`` ``StatefulDataLoader`` whose ``state_dict()`` is this rank's exact data position;
+validation splits samples over slots in a fixed order (see :mod:`crossflow.data.pipeline`).
+"""
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import warnings
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from crossflow.data.pipeline import expand_shards, image_text_dataset
+from crossflow.data.pipeline import ShardStream, count_shards, expand_shards, is_local
+from crossflow.data.plan import dist_rank_world
 from crossflow.errors import CrossFlowError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,8 +41,56 @@ class ShapesGeneration:
     """Samples per tar shard."""
 
 
+class TrainLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` whose ``state_dict()`` can describe the last batch *trained on*.
+
+    Lightning's data fetcher pulls one batch ahead (to know which batch is the last), so the live
+    state, which Lightning saves in checkpoints, includes a batch no step has seen: a resume would skip
+    it. Once a consumer reports batches with :meth:`mark_consumed` (the datamodule does, for each batch
+    entering a training step), ``state_dict()`` returns the state right after the last consumed batch;
+    without reports it is the live state.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():  # torchdata 0.11 calls an API torch 2.13 deprecates; harmless
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            super().__init__(*args, **kwargs)
+        self._states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)  # (batches yielded, state after)
+        self._yielded = self._consumed = 0
+        self._reported = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._tracked(super().__iter__())
+
+    def _tracked(self, batches: Iterator[Any]) -> Iterator[Any]:
+        self._yielded = self._consumed = 0
+        self._states.clear()
+        self._states.append((0, copy.deepcopy(super().state_dict())))
+        for batch in batches:
+            self._yielded += 1
+            self._states.append((self._yielded, copy.deepcopy(super().state_dict())))
+            yield batch
+
+    def mark_consumed(self) -> None:
+        """One more batch of the current iteration has been used (in yield order)."""
+        self._consumed += 1
+        self._reported = True
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._reported and self._consumed < self._yielded:
+            for count, state in self._states:
+                if count == self._consumed:
+                    return state
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._yielded = self._consumed = 0
+        self._states.clear()
+        super().load_state_dict(state_dict)
+
+
 class ShardDataModule(pl.LightningDataModule):
-    """Train / validation loaders over webdataset shards."""
+    """Train / validation loaders over webdataset shards, exact over many ranks and resumable."""
 
     def __init__(
         self,
@@ -39,6 +102,8 @@ class ShardDataModule(pl.LightningDataModule):
         shuffle_buffer: int = 2000,
         seed: int = 0,
         generate_shapes: ShapesGeneration | None = None,
+        resampled: bool = False,
+        samples_per_epoch: int | None = None,
     ) -> None:
         """
         Args:
@@ -47,9 +112,15 @@ class ShardDataModule(pl.LightningDataModule):
             image_size: Images are decoded (and resized/cropped if needed) to S×S.
             batch_size: Per-device batch size.
             num_workers: DataLoader worker processes per device.
-            shuffle_buffer: Samples held in the shuffle buffer.
+            shuffle_buffer: Samples held in the shuffle buffer (per worker).
             seed: Seed of shard order and sample shuffling.
             generate_shapes: If set and the shard folders are empty, write the shapes dataset there first.
+            resampled: Draw training shards with replacement, an endless stream deterministic from
+                (seed, epoch, rank, worker); epochs are ``samples_per_epoch`` long. Works with any number of
+                shards.
+            samples_per_epoch: Training samples per rank per epoch (rounded down to whole batches). Needed
+                for ``resampled`` and for remote (``http://``, ``pipe:``) shards, which cannot be counted up
+                front; otherwise every rank gets the same share of the counted samples (the smallest rank's).
         """
         super().__init__()
         self.train_shards = train_shards
@@ -60,6 +131,11 @@ class ShardDataModule(pl.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.generate_shapes = generate_shapes
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch
+        self._train: ShardStream | None = None
+        self._val: ShardStream | None = None
+        self._train_loader: TrainLoader | None = None
 
     def prepare_data(self) -> None:
         gen = self.generate_shapes
@@ -77,21 +153,103 @@ class ShardDataModule(pl.LightningDataModule):
             write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard, image_size=self.image_size)
 
     def setup(self, stage: str | None = None) -> None:
-        expand_shards(self.train_shards)  # fail at start-up, not after the first epoch, on a bad pattern
-        if self.val_shards is not None:
-            expand_shards(self.val_shards)
+        """Check the shards against the world size and count them: every problem surfaces here, at start-up."""
+        if stage in (None, "fit"):
+            self._train = self._train_stream()
+        if stage in (None, "fit", "validate") and self.val_shards is not None:
+            self._val = self._val_stream()
 
-    def _loader(self, shards: str, train: bool) -> DataLoader:
-        dataset = image_text_dataset(
-            shards, self.image_size, shuffle_buffer=self.shuffle_buffer, seed=self.seed, shuffle=train
+    def _train_stream(self) -> ShardStream:
+        urls = expand_shards(self.train_shards)
+        rank, world = dist_rank_world()
+        workers = max(1, self.num_workers)
+        self._check_train_options(urls, world, workers)
+        counts = count_shards(urls) if all(is_local(url) for url in urls) else None
+        stream = ShardStream(
+            urls, self.image_size, counts=counts, shuffle=True, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
+            split="shards", batch_size=self.batch_size, num_workers=self.num_workers, equalise=True,
+            resampled=self.resampled, samples_per_epoch=self.samples_per_epoch, rank=rank, world_size=world,
         )
-        return DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, drop_last=train,
-        )
+        per_rank = stream.samples_per_rank(0)
+        if not per_rank:
+            raise CrossFlowError(
+                f"{sum(counts or [])} training samples in {len(urls)} shard(s) are too few for one batch of "
+                f"{self.batch_size} per rank ({world} rank(s) × {workers} worker(s)): lower data.batch_size"
+            )
+        if rank == 0:
+            self._log_epoch(stream, counts, per_rank, world)
+        return stream
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_shards, train=True)
+    def _check_train_options(self, urls: list[str], world: int, workers: int) -> None:
+        """One-line refusals of set-ups that would hang or cannot be planned."""
+        if self.samples_per_epoch is not None and self.samples_per_epoch < self.batch_size:
+            raise CrossFlowError(f"samples_per_epoch={self.samples_per_epoch} is less than one batch ({self.batch_size})")
+        if self.resampled and self.samples_per_epoch is None:
+            raise CrossFlowError("resampled=true streams shards without end: set data.samples_per_epoch (per rank)")
+        if not self.resampled and len(urls) < world * workers:
+            raise CrossFlowError(
+                f"{len(urls)} training shard(s) for {world} rank(s) × {workers} worker(s) = {world * workers} readers: "
+                f"every reader needs at least one shard; re-shard into >= {world * workers} smaller shards "
+                "(shapes data: python -m crossflow.data.shards --samples-per-shard), lower data.num_workers, "
+                "or set data.resampled=true"
+            )
+        if not all(is_local(url) for url in urls) and self.samples_per_epoch is None:
+            raise CrossFlowError(
+                "remote training shards cannot be counted up front: set data.samples_per_epoch (samples per rank)"
+            )
+
+    def _log_epoch(self, stream: ShardStream, counts: list[int] | None, per_rank: int, world: int) -> None:
+        if counts is None or stream.samples_per_epoch is not None:
+            log.info("fixed epoch: %d samples per rank (samples_per_epoch)", per_rank)
+            if counts is not None and not stream.resampled and world * per_rank > sum(counts):
+                log.warning("samples_per_epoch asks %d samples of %d ranks but the shards hold %d: some repeat "
+                            "within an epoch", per_rank, world, sum(counts))
+            return
+        total = sum(counts)
+        log.info("equalised epoch: %d samples per rank, %d dropped of %d", per_rank, total - world * per_rank, total)
+
+    def _val_stream(self) -> ShardStream:
+        """Validation: fixed order, samples split over slots; with several ranks every slot yields the same
+        number of samples (fewer than ranks × workers dropped), so every rank yields the same number of
+        batches and none waits for another (under FSDP every forward is a collective)."""
+        assert self.val_shards is not None
+        urls = expand_shards(self.val_shards)
+        rank, world = dist_rank_world()
+        counts = count_shards(urls) if world > 1 else None  # small: remote ones are read through once
+        stream = ShardStream(
+            urls, self.image_size, counts=counts, shuffle=False, seed=self.seed, split="samples",
+            batch_size=self.batch_size, num_workers=self.num_workers, equalise=world > 1, rank=rank, world_size=world,
+        )
+        readers = world * max(1, self.num_workers)
+        if world > 1 and not stream.samples_per_rank(0):
+            raise CrossFlowError(
+                f"{sum(counts or [])} validation sample(s) for {readers} readers ({world} ranks × "
+                f"{max(1, self.num_workers)} workers): every reader needs one; lower data.num_workers or add samples"
+            )
+        return stream
+
+    def train_dataloader(self) -> TrainLoader:
+        if self._train is None:
+            self.setup("fit")
+        # Persistent workers keep each worker's dataset copy, which counts the epochs (and the position).
+        self._train_loader = TrainLoader(
+            self._train, batch_size=self.batch_size, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=True,
+        )
+        return self._train_loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called once per batch that enters a step, after the fetcher has already pulled the next one.
+        if self.trainer is not None and self.trainer.training and self._train_loader is not None:
+            self._train_loader.mark_consumed()
+        return batch
 
     def val_dataloader(self) -> DataLoader | list:
-        return [] if self.val_shards is None else self._loader(self.val_shards, train=False)
+        if self.val_shards is None:
+            return []
+        if self._val is None:
+            self.setup("validate")
+        return DataLoader(
+            self._val, batch_size=self.batch_size, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, drop_last=False,
+        )

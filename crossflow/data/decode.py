@@ -1,0 +1,55 @@
+"""A raw webdataset sample (member bytes by extension) -> image tensor + caption, or an exception.
+
+Any sample with an image (``png``/``jpg``/``jpeg``/``webp``) and a caption (``txt``, ``caption`` or a
+``json`` member's "caption" field) works; the caller skips and counts the samples that raise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+CAPTION_KEYS = ("txt", "caption")
+
+
+def decode_image(data: bytes, image_size: int) -> torch.Tensor:
+    """Encoded image -> float (3, S, S) in [0, 1]; other sizes are resized (shorter side) and centre-cropped."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    if img.size != (image_size, image_size):
+        w, h = img.size
+        scale = image_size / min(w, h)
+        img = img.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        img = img.crop((left, top, left + image_size, top + image_size))
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def caption_of(sample: dict[str, Any]) -> str:
+    """The caption from ``txt`` / ``caption`` members or a ``json`` member's "caption" field."""
+    for key in CAPTION_KEYS:
+        if key in sample:
+            return sample[key].decode("utf-8").strip()
+    if "json" in sample:
+        return str(json.loads(sample["json"]).get("caption", "")).strip()
+    raise KeyError("no caption member (txt, caption or json['caption'])")
+
+
+def decode_sample(sample: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """Raw tar sample -> {"image", "caption", "key"}; raises on anything unusable. The caption is checked
+    first: the image decode is the expensive part."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None:
+        raise KeyError(f"no image member ({', '.join(IMAGE_KEYS)})")
+    caption = caption_of(sample)
+    if not caption:
+        raise ValueError("empty caption")
+    image = decode_image(sample[image_key], image_size)
+    return {"image": image, "caption": caption, "key": f"{os.path.basename(sample['__url__'])}/{sample['__key__']}"}
