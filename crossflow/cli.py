@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger
 from crossflow.datamodule import ShardDataModule
 from crossflow.errors import exit_on_user_error
 from crossflow.lit_module import CrossFlowLitModule
+from crossflow.preemption import Preemption
 from crossflow.strategies import AtomicCheckpointIO
 
 
@@ -70,7 +71,8 @@ def main(args: list[str] | None = None) -> None:
             # wandb is the default logger, offline (no network, no account): `wandb sync` uploads later;
             # --trainer.logger.init_args.offline=false logs online.
             trainer_defaults={
-                "callbacks": [RunInfo()],
+                # Preemption: SIGUSR1 -> save `last` at the next step boundary on all ranks, requeue under SLURM.
+                "callbacks": [RunInfo(), Preemption()],
                 # Checkpoint files are written to <path>.partial and renamed: a crash never leaves a torn one.
                 "plugins": [AtomicCheckpointIO()],
                 "logger": lazy_instance(WandbLogger, project="crossflow", offline=True, save_dir="runs"),

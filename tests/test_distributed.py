@@ -141,3 +141,11 @@ def test_two_node_torchrun_matches_the_single_node_run(
         assert p.returncode == 0, out[-5000:]
     for rank in (0, 1):
         assert losses(tmp_path, rank) == losses(uninterrupted, rank)
+
+
+def test_sample_cli_reads_the_sharded_checkpoint(uninterrupted: Path, tmp_path: Path) -> None:
+    from crossflow.sample_cli import main as sample_main
+
+    sample_main(["--ckpt", str(uninterrupted / "checkpoints" / "last.ckpt"), "--prompt", PROMPTS[0], "--num", "2",
+                 "--steps", "2", "--out", str(tmp_path), "--upscale", "1"])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000.png", "001.png", "grid.png"]

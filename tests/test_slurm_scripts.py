@@ -1,14 +1,14 @@
-"""The SLURM scripts parse, hold resources rather than hyperparameters, and resume; the resume helper picks the
-newest complete checkpoint. No SLURM needed: static checks plus the helper's pure functions."""
+"""The SLURM scripts parse, hold resources rather than hyperparameters, signal every training process and resume
+with `--ckpt_path last`; the torchrun script's per-node wrapper keeps torchrun alive through SIGUSR1 and hands the
+signal to the training processes (checked with a real torchrun and two tiny workers). No SLURM needed."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import shutil
 import subprocess
-import zipfile
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,17 +17,6 @@ SLURM = Path(__file__).resolve().parent.parent / "slurm"
 SCRIPTS = sorted(SLURM.glob("*.sbatch"))
 SRUN_SCRIPTS = [SLURM / "train_1node.sbatch", SLURM / "train_multinode.sbatch"]
 TORCHRUN = SLURM / "train_torchrun.sbatch"
-
-
-def _load_helper():
-    spec = importlib.util.spec_from_file_location("resume_ckpt", SLURM / "resume_ckpt.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-resume_ckpt = _load_helper()
 
 
 def _directives(script: Path) -> list[str]:
@@ -55,7 +44,8 @@ def test_bash_parses(script: Path) -> None:
 def test_resources_requeue_and_strict_mode(script: Path) -> None:
     directives = _directives(script)
     assert "--requeue" in directives
-    assert any(re.fullmatch(r"--signal=(B:)?SIGUSR1@\d+", d) for d in directives), directives
+    # No "B:": the signal must reach the training processes, where the Preemption callback handles it.
+    assert any(re.fullmatch(r"--signal=SIGUSR1@\d+", d) for d in directives), directives
     assert any(d.startswith("--output=slurm/logs/") for d in directives)
     assert "--open-mode=append" in directives  # a requeued run must not truncate the log
     assert "set -euo pipefail" in script.read_text()
@@ -63,21 +53,18 @@ def test_resources_requeue_and_strict_mode(script: Path) -> None:
 
 
 @pytest.mark.parametrize("script", SRUN_SCRIPTS, ids=lambda p: p.name)
-def test_srun_scripts_signal_every_task(script: Path) -> None:
-    """Lightning's handler runs in the training processes and its save needs every rank: no B: prefix."""
-    assert any(re.fullmatch(r"--signal=SIGUSR1@\d+", d) for d in _directives(script))
+def test_srun_scripts_resume_from_last(script: Path) -> None:
     code = _code(script)
-    assert "CKPT_PATH=last" in code and '--ckpt_path "$CKPT_PATH"' in code
+    assert "CKPT_ARGS=(--ckpt_path last)" in code and "resume_ckpt" not in code
     assert "--trainer.num_nodes" in code and "--trainer.devices" in code and "srun" in code
 
 
 def test_torchrun_script() -> None:
-    """torchrun replaces SLURMEnvironment: the batch shell takes the signal and requeues."""
-    assert "--signal=B:SIGUSR1@120" in _directives(TORCHRUN)
     code = _code(TORCHRUN)
     for flag in ("--nnodes", "--nproc-per-node", "--rdzv-backend c10d", "--rdzv-endpoint", "--ckpt_path last",
-                 "scontrol show hostnames", "scontrol requeue", "trap requeue USR1"):
+                 "scontrol show hostnames", 'bash -c "$NODE_WRAPPER"'):
         assert flag in code, flag
+    assert "scontrol requeue" not in code, "rank 0 requeues (crossflow/preemption.py), not the batch shell"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -90,60 +77,53 @@ def test_no_hyperparameters(script: Path) -> None:
         assert banned not in code, f"{script.name} sets {banned}"
 
 
-# --- the resume helper --------------------------------------------------------------------------------------
+# --- the torchrun wrapper, for real --------------------------------------------------------------------------
+
+WORKER = """
+import os, signal, sys, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))  # as the Preemption callback does
+open(f"ready.{os.environ['RANK']}", "w").write(str(os.getpid()))
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+open(f"result.{os.environ['RANK']}", "w").write("signal" if got else "timeout")
+"""
 
 
-def _file_ckpt(path: Path, mtime: float) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as z:  # torch.save writes a zip
-        z.writestr("archive/data.pkl", b"x")
-    os.utime(path, (mtime, mtime))
-    return path
+def _node_wrapper() -> str:
+    match = re.search(r"^NODE_WRAPPER='(.*?)'$", TORCHRUN.read_text(), re.S | re.M)
+    assert match, "NODE_WRAPPER='...' not found in the torchrun script"
+    return match.group(1)
 
 
-def _sharded_ckpt(path: Path, mtime: float) -> Path:
-    path.mkdir(parents=True)
-    (path / ".metadata").write_bytes(b"dcp")
-    _file_ckpt(path / "meta.pt", mtime)
-    return path
-
-
-def test_newest_complete_checkpoint_wins(tmp_path: Path) -> None:
-    root, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) is None  # first run: "last" -> Lightning starts fresh
-    last = _file_ckpt(ckpts / "last.ckpt", 1000)
-    _file_ckpt(ckpts / "step=100.ckpt", 3000)  # not a "last" checkpoint: Lightning's "last" ignores it too
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == last
-    hpc = _file_ckpt(root / "hpc_ckpt_1.ckpt", 2000)  # saved on SIGUSR1 after last.ckpt
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == hpc
-    torn = root / "hpc_ckpt_2.ckpt"
-    torn.write_bytes(b"PK\x03\x04 cut short")  # killed mid-save: skipped
-    os.utime(torn, (4000, 4000))
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == hpc
-    newer_last = _file_ckpt(ckpts / "last-v1.ckpt", 5000)  # training went on after resuming from hpc_ckpt_1
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == newer_last
-
-
-def test_sharded_checkpoints(tmp_path: Path) -> None:
-    root, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    last = _sharded_ckpt(ckpts / "last.ckpt", 1000)
-    hpc = root / "hpc_ckpt_1.ckpt"
-    hpc.mkdir(parents=True)
-    (hpc / ".metadata").write_bytes(b"dcp")  # rank 0's meta.pt never written: incomplete
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == last
-    _file_ckpt(hpc / "meta.pt", 2000)
-    assert resume_ckpt.newest_checkpoint(root, [ckpts]) == hpc
-    assert not resume_ckpt.is_complete(root / "hpc_ckpt_1.ckpt.partial")
-
-
-def test_locations_from_the_resolved_config(tmp_path: Path) -> None:
-    """The real CLI resolves the configs and overrides the scripts forward (cheap: --print_config builds nothing)."""
-    args = ["--config", "configs/demo.yaml", "--trainer.default_root_dir", str(tmp_path / "run")]
-    cwd = os.getcwd()
-    os.chdir(SLURM.parent)
+@pytest.mark.skipif(not (shutil.which("bash") and shutil.which("pkill")), reason="needs bash and pkill")
+@pytest.mark.parametrize("to_all", [False, True], ids=["to-the-task", "to-every-process"])
+def test_torchrun_survives_sigusr1_and_its_workers_get_it(tmp_path: Path, to_all: bool) -> None:
+    """SLURM signals the task's first process only, or every process of the step (proctrack/cgroup): either way
+    torchrun lives on (without the wrapper it dies of SIGUSR1), each worker sees the signal once or more, and
+    the task exits with the workers' status."""
+    (tmp_path / "worker.py").write_text(WORKER)
+    wrapper = subprocess.Popen(
+        ["bash", "-c", _node_wrapper(), "node-wrapper", sys.executable, "-m", "torch.distributed.run",
+         "--standalone", "--nproc-per-node=2", "worker.py"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
     try:
-        root, dirs = resume_ckpt.checkpoint_locations(resume_ckpt.resolved_config(args))
+        ready = [tmp_path / "ready.0", tmp_path / "ready.1"]
+        deadline = time.time() + 60
+        while not all(p.is_file() and p.read_text() for p in ready) and time.time() < deadline:
+            time.sleep(0.1)
+        assert wrapper.poll() is None and all(p.is_file() for p in ready), "workers did not start"
+        targets = [wrapper.pid]
+        if to_all:
+            agent = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True, text=True).stdout.split()
+            targets += [int(pid) for pid in agent] + [int(p.read_text()) for p in ready]
+        for pid in targets:
+            subprocess.run(["kill", "-USR1", str(pid)], check=True)
+        out, _ = wrapper.communicate(timeout=60)
     finally:
-        os.chdir(cwd)
-    assert root == tmp_path / "run"
-    assert dirs == [Path("runs/demo/checkpoints")]
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert wrapper.returncode == 0, out[-3000:]
+    assert [(tmp_path / f"result.{r}").read_text() for r in (0, 1)] == ["signal", "signal"]

@@ -52,3 +52,15 @@ class SampleAtEnd(pl.Callback):
                       generator=torch.Generator().manual_seed(0))
         if trainer.is_global_zero:
             torch.save(images.cpu(), self.path)
+
+
+class SignalAt(pl.Callback):
+    """Send ``signal`` to this process on rank ``rank`` only, at the end of step ``step`` (a preemption notice)."""
+
+    def __init__(self, step: int, rank: int = 1, signal: str = "SIGUSR1") -> None:
+        super().__init__()
+        self.step, self.rank, self.signal = step, rank, signal
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.Signals[self.signal])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
