@@ -149,3 +149,13 @@ def test_sample_cli_reads_the_sharded_checkpoint(uninterrupted: Path, tmp_path: 
     sample_main(["--ckpt", str(uninterrupted / "checkpoints" / "last.ckpt"), "--prompt", PROMPTS[0], "--num", "2",
                  "--steps", "2", "--out", str(tmp_path), "--upscale", "1"])
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000.png", "001.png", "grid.png"]
+
+
+def test_activation_checkpointing_changes_memory_not_results(
+    uninterrupted: Path, tmp_path: Path, shards: dict[str, str], tiny_text_encoder_dir: str
+) -> None:
+    """Recomputing the flow blocks in backward (under FSDP2) must give the very same training run."""
+    run([sys.executable, "train.py", *train_args(tmp_path, shards, tiny_text_encoder_dir),
+         "--model.activation_checkpointing=true"])
+    for rank in (0, 1):
+        assert losses(tmp_path, rank) == losses(uninterrupted, rank)
