@@ -83,3 +83,21 @@ def tiny_model_config_session(tiny_text_encoder_dir: str) -> ModelConfig:
 def tiny_model_config(tiny_model_config_session: ModelConfig) -> ModelConfig:
     """A private copy of the tiny model config (safe to modify in a test)."""
     return copy.deepcopy(tiny_model_config_session)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A randomly initialised AutoencoderKL (2 blocks: downsample 2) with FLUX-style scale 0.5 and shift 0.1."""
+    import torch
+
+    diffusers = pytest.importorskip("diffusers", reason="the 'vae' extra (diffusers) is not installed")
+    directory = tmp_path_factory.mktemp("tiny_vae")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = diffusers.AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+            latent_channels=4, norm_num_groups=8, sample_size=32, scaling_factor=0.5, shift_factor=0.1,
+        )  # fmt: skip
+    vae.save_pretrained(str(directory))
+    return str(directory)

@@ -1,4 +1,5 @@
-"""The frozen text encoder: loading, shapes, mask, LRU cache, eval mode, package-path resolution."""
+"""The frozen text encoder: loading, shapes, mask, LRU cache, eval mode, package-path resolution, and the three
+encoder families (BERT, CLIP full / text-only, T5 full / encoder-only) built tiny and offline."""
 
 from __future__ import annotations
 
@@ -191,3 +192,226 @@ def test_demo_encoder_loads_offline_from_its_package() -> None:
     states2, _ = again(["a small red circle in the top left", "a big blue square in the middle"])
     assert torch.equal(states, states2)
     assert not torch.allclose(states[0], states[1])
+
+
+# --- The three families users bring: tiny random models saved the way their folders look -----------------
+
+FAMILY_WORDS = [
+    "a", "the", "small", "large", "red", "blue", "green", "circle", "square", "triangle", "in", "top",
+    "bottom", "left", "right", "center", ",", ":",
+]  # fmt: skip
+WIDTH = {"bert": 32, "clip": 32, "clip_text": 32, "clip_text_proj": 32, "t5": 24, "t5_encoder": 24, "bart": 24}
+MODEL_CLASS = {
+    "bert": "BertModel", "clip": "CLIPTextModel", "clip_text": "CLIPTextModel", "clip_text_proj": "CLIPTextModel",
+    "t5": "T5EncoderModel", "t5_encoder": "T5EncoderModel", "bart": "BartEncoder",
+}  # fmt: skip
+DEPTH = 2  # every tiny encoder has 2 blocks: hidden_states has 3 entries
+
+
+def _save_word_tokenizer(directory: Path, specials: list[str], template: str, **special_tokens: str) -> int:
+    """A word-level tokenizer (`tokenizers` in a PreTrainedTokenizerFast) that AutoTokenizer loads offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate(specials + FAMILY_WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in specials if t in template.split()]
+    )
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens).save_pretrained(str(directory))
+    return len(vocab)
+
+
+def _clip_tokenizer(directory: Path) -> int:
+    # As OpenAI's CLIP: <|startoftext|> prompt <|endoftext|>, padded with <|endoftext|> (the mask still tells).
+    return _save_word_tokenizer(
+        directory, ["<|startoftext|>", "<|endoftext|>", "<unk>"], "<|startoftext|> $A <|endoftext|>",
+        bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>",
+    )
+
+
+def _t5_tokenizer(directory: Path) -> int:
+    # As T5's: prompt </s>, padded with <pad> (id 0).
+    return _save_word_tokenizer(
+        directory, ["<pad>", "</s>", "<unk>"], "$A </s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tiny_text_encoder_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Folders as users have them: BERT; a full CLIPModel and its text tower saved as CLIPTextModel and
+    CLIPTextModelWithProjection; a T5ForConditionalGeneration and its encoder saved as T5EncoderModel; a BART."""
+    from transformers import (
+        BartConfig,
+        BartModel,
+        CLIPConfig,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+        T5ForConditionalGeneration,
+    )
+
+    root = tmp_path_factory.mktemp("text_encoder_families")
+    dirs = {name: root / name for name in WIDTH if name != "bert"}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vocab_size = _clip_tokenizer(dirs["clip"])
+        text = dict(
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=DEPTH,
+            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )  # fmt: skip
+        # A vision tower of another width, so reading the wrong width would show.
+        vision = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=16, patch_size=8)  # fmt: skip
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(dirs["clip"])
+        # The text tower saved alone, with the full model's text weights (and projection).
+        CLIPTextModel.from_pretrained(dirs["clip"]).save_pretrained(dirs["clip_text"])
+        CLIPTextModelWithProjection.from_pretrained(
+            dirs["clip"], config=CLIPTextConfig(**text, projection_dim=16)
+        ).save_pretrained(dirs["clip_text_proj"])
+        _clip_tokenizer(dirs["clip_text"])
+        _clip_tokenizer(dirs["clip_text_proj"])
+
+        vocab_size = _t5_tokenizer(dirs["t5"])
+        t5 = T5Config(
+            vocab_size=vocab_size, d_model=24, d_kv=12, d_ff=48, num_layers=DEPTH, num_decoder_layers=1, num_heads=2,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )  # fmt: skip
+        T5ForConditionalGeneration(t5).save_pretrained(dirs["t5"])
+        T5EncoderModel.from_pretrained(dirs["t5"]).save_pretrained(dirs["t5_encoder"])
+        _t5_tokenizer(dirs["t5_encoder"])
+
+        vocab_size = _t5_tokenizer(dirs["bart"])
+        bart = BartConfig(
+            vocab_size=vocab_size, d_model=24, encoder_layers=DEPTH, decoder_layers=1, encoder_attention_heads=2,
+            decoder_attention_heads=2, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=32,
+            pad_token_id=0, bos_token_id=2, eos_token_id=1, decoder_start_token_id=1,
+        )  # fmt: skip
+        BartModel(bart).save_pretrained(dirs["bart"])
+    return {"bert": tiny_text_encoder_dir, **{name: str(d) for name, d in dirs.items()}}
+
+
+def _reference_states(family_dirs: dict[str, str], name: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model with transformers directly, as a user would (the full checkpoint's class), at max_length."""
+    from transformers import AutoTokenizer, BertModel, CLIPModel, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs[name])
+    batch = tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    if name == "bert":
+        model = BertModel.from_pretrained(family_dirs["bert"])
+    elif name.startswith("clip"):
+        model = CLIPModel.from_pretrained(family_dirs["clip"]).text_model
+    else:
+        model = T5ForConditionalGeneration.from_pretrained(family_dirs["t5"]).encoder
+    with torch.no_grad():
+        out = model.eval()(batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    mask = batch["attention_mask"].bool()
+    states = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+    return states * mask[..., None], mask
+
+
+@pytest.mark.parametrize("name", list(WIDTH))
+def test_each_family_loads_with_shapes_mask_and_zero_padding(family_dirs: dict[str, str], name: str) -> None:
+    enc = _fresh(family_dirs[name])
+    width = WIDTH[name]
+    assert type(enc.model).__name__ == MODEL_CLASS[name]
+    assert enc.hidden_size == width == load_hidden_size(family_dirs[name])
+    assert enc.num_layers == DEPTH
+    # Only the text side is loaded: no vision tower, no decoder.
+    assert not any("vision" in n or "decoder" in n for n, _ in enc.named_modules())
+    states, mask = enc(PROMPTS)
+    assert states.shape == (3, 12, width) and states.dtype == torch.float32
+    expected = enc.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    assert torch.equal(mask, expected["attention_mask"].bool())
+    specials = 2 if name == "bert" or name.startswith("clip") else 1  # [CLS] .. [SEP] / <|start|> .. <|end|>; .. </s>
+    assert mask.sum(1).tolist() == [8 + specials, 8 + specials, 2 + specials]  # 8, 8 and 2 words
+    assert (states[~mask] == 0).all()
+    assert (states[mask].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("name", ["bert", "clip", "clip_text_proj", "t5", "t5_encoder"])
+def test_hidden_state_layer_gives_the_documented_hidden_state(family_dirs: dict[str, str], name: str) -> None:
+    """-1 = last_hidden_state, k = hidden_states[k] of the model run directly; padding zero, fp16-rounded."""
+    by_layer = {}
+    for layer in (-1, 0, 1, 2, -2, -3):
+        states, mask = _fresh(family_dirs[name], hidden_state_layer=layer)(PROMPTS)
+        reference, ref_mask = _reference_states(family_dirs, name, layer)
+        assert torch.equal(mask, ref_mask)
+        torch.testing.assert_close(states, reference.half().float(), atol=2e-3, rtol=2e-3)
+        by_layer[layer] = states
+    assert torch.equal(by_layer[0], by_layer[-3]) and torch.equal(by_layer[1], by_layer[-2])
+    assert not torch.allclose(by_layer[0], by_layer[-1])
+    # CLIP applies its final layer norm only to last_hidden_state; BERT's and T5's last entry is the output.
+    final_is_last = torch.equal(by_layer[2], by_layer[-1])
+    assert final_is_last == (not name.startswith("clip"))
+
+
+def test_folder_kinds_of_one_model_give_identical_states(family_dirs: dict[str, str]) -> None:
+    """A full CLIPModel and its text tower saved alone, a T5 and its saved encoder: the same token states."""
+    clip = _fresh(family_dirs["clip"])(PROMPTS)[0]
+    for name in ("clip_text", "clip_text_proj"):
+        assert torch.equal(_fresh(family_dirs[name])(PROMPTS)[0], clip)
+    assert torch.equal(_fresh(family_dirs["t5_encoder"])(PROMPTS)[0], _fresh(family_dirs["t5"])(PROMPTS)[0])
+
+
+def test_t5_runs_only_the_encoder(family_dirs: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import T5EncoderModel, T5ForConditionalGeneration
+
+    enc = _fresh(family_dirs["t5"])
+    assert isinstance(enc.model, T5EncoderModel)
+    full = T5ForConditionalGeneration.from_pretrained(family_dirs["t5"])
+    encoder_params = sum(p.numel() for n, p in full.named_parameters() if not n.startswith(("decoder.", "lm_head.")))
+    assert sum(p.numel() for p in enc.parameters()) == encoder_params  # the decoder was never loaded
+    # Running the full model would need decoder inputs; the encoder takes the tokens alone.
+    calls = []
+    monkeypatch.setattr(enc.model.encoder, "forward", lambda *a, _f=enc.model.encoder.forward, **k: calls.append(1) or _f(*a, **k))
+    enc(PROMPTS)
+    assert calls == [1]
+
+
+def test_other_encoder_decoders_keep_only_the_encoder(family_dirs: dict[str, str]) -> None:
+    """No encoder-only class (BART): the full model is loaded once, then only its encoder is kept and run."""
+    enc = _fresh(family_dirs["bart"], hidden_state_layer=1)
+    states, mask = enc(PROMPTS)
+    assert states.shape == (3, 12, 24) and (states[~mask] == 0).all()
+    assert not any("decoder" in n for n, _ in enc.named_modules())
+
+
+@pytest.mark.parametrize("name", ["bert", "clip", "t5"])
+def test_scale_multiplies_the_states_and_keeps_the_cache_exact(family_dirs: dict[str, str], name: str) -> None:
+    plain = _fresh(family_dirs[name])(PROMPTS)[0]
+    scaled_encoder = FrozenTextEncoder(TextEncoderConfig(pretrained=family_dirs[name], max_length=12, scale=4.0))
+    scaled = scaled_encoder(PROMPTS)[0]
+    torch.testing.assert_close(scaled, plain * 4, atol=0, rtol=0)  # a power of two: fp16 rounding commutes
+    assert torch.equal(scaled_encoder(PROMPTS)[0], scaled)  # cached == fresh
+    torch.testing.assert_close(
+        _fresh(family_dirs[name])(PROMPTS)[0] * 0.3,
+        FrozenTextEncoder(TextEncoderConfig(pretrained=family_dirs[name], max_length=12, scale=0.3))(PROMPTS)[0],
+        atol=2e-3, rtol=2e-3,
+    )
+
+
+@pytest.mark.parametrize("name", ["bert", "clip", "t5"])
+@pytest.mark.parametrize("layer", [3, -4, 100])
+def test_out_of_range_layer_is_a_one_line_error(family_dirs: dict[str, str], name: str, layer: int) -> None:
+    with pytest.raises(CrossFlowError, match=rf"hidden_state_layer={layer} is out of range .*-3 \.\. 2") as err:
+        _fresh(family_dirs[name], hidden_state_layer=layer)
+    assert "\n" not in str(err.value)
+
+
+def test_states_that_overflow_fp16_are_a_clear_error(family_dirs: dict[str, str]) -> None:
+    enc = FrozenTextEncoder(TextEncoderConfig(pretrained=family_dirs["t5"], max_length=12, scale=1e6))
+    with pytest.raises(CrossFlowError, match="overflow float16.*lower text_encoder.scale"):
+        enc(PROMPTS)
+
+
+@pytest.mark.parametrize("name", list(WIDTH))
+def test_load_hidden_size_reads_the_config_alone(family_dirs: dict[str, str], name: str, tmp_path: Path) -> None:
+    # Only config.json: no weights are needed (CLIP's text width, not the vision tower's; T5's d_model).
+    (tmp_path / "config.json").write_text((Path(family_dirs[name]) / "config.json").read_text())
+    assert load_hidden_size(str(tmp_path)) == WIDTH[name]
