@@ -20,7 +20,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from crossflow.data.pipeline import ShardStream, count_shards, expand_shards, is_local
+from crossflow.data.pipeline import ShardStream, count_shards, expand_shards, is_local, read_shard
 from crossflow.data.plan import dist_rank_world
 from crossflow.errors import CrossFlowError
 
@@ -227,6 +227,14 @@ class ShardDataModule(pl.LightningDataModule):
                 f"{max(1, self.num_workers)} workers): every reader needs one; lower data.num_workers or add samples"
             )
         return stream
+
+    def first_train_sample(self) -> tuple[dict[str, Any], str] | None:
+        """The first raw sample of the first training shard and its url (None if it has none): lets the
+        model check precomputed members against its config before the first step."""
+        for url in expand_shards(self.train_shards)[:1]:
+            for sample in read_shard(url, on_error=lambda exn: None):
+                return sample, url
+        return None
 
     def train_dataloader(self) -> TrainLoader:
         if self._train is None:

@@ -1,7 +1,8 @@
 """A raw webdataset sample (member bytes by extension) -> image tensor + caption, or an exception.
 
 Any sample with an image (``png``/``jpg``/``jpeg``/``webp``) and a caption (``txt``, ``caption`` or a
-``json`` member's "caption" field) works; the caller skips and counts the samples that raise.
+``json`` member's "caption" field) works, and so do ``crossflow prepare`` shards with precomputed text
+states and/or VAE latents; the caller skips and counts the samples that raise.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from crossflow.data.precomputed import decode_precomputed
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 CAPTION_KEYS = ("txt", "caption")
@@ -43,13 +46,17 @@ def caption_of(sample: dict[str, Any]) -> str:
 
 
 def decode_sample(sample: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """Raw tar sample -> {"image", "caption", "key"}; raises on anything unusable. The caption is checked
-    first: the image decode is the expensive part."""
-    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-    if image_key is None:
-        raise KeyError(f"no image member ({', '.join(IMAGE_KEYS)})")
+    """Raw tar sample -> {"image", "caption", "key"} plus any precomputed members (text_states, text_mask,
+    latent_moments: see :mod:`crossflow.data.precomputed`); raises on anything unusable. The caption is
+    checked first and precomputed latents replace the image: the image decode is the expensive part."""
     caption = caption_of(sample)
     if not caption:
         raise ValueError("empty caption")
-    image = decode_image(sample[image_key], image_size)
-    return {"image": image, "caption": caption, "key": f"{os.path.basename(sample['__url__'])}/{sample['__key__']}"}
+    out = {"caption": caption, "key": f"{os.path.basename(sample['__url__'])}/{sample['__key__']}"}
+    out.update(decode_precomputed(sample))
+    if "latent_moments" not in out:
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if image_key is None:
+            raise KeyError(f"no image member ({', '.join(IMAGE_KEYS)})")
+        out["image"] = decode_image(sample[image_key], image_size)
+    return out
