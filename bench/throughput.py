@@ -34,7 +34,7 @@ def train_rate(module: CrossFlowLitModule, batch_size: int, steps: int, precisio
 
     def step() -> None:
         with ctx():
-            loss = module.compute_losses(images, captions)["loss"]
+            loss = module.compute_losses({"image": images, "caption": captions})["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.model.parameters(), 1.0)

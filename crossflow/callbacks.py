@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.tensor import DTensor
 
 from crossflow import perf
+from crossflow.finetune import has_lora, lora_file_state, lora_spec_of, trained_full_modules, write_lora_file
 from crossflow.inference import CrossFlowPipeline, make_grid
 
 
@@ -48,9 +50,10 @@ class EMA(pl.Callback):
         if getattr(pl_module, "ema_model", None) is None:
             pl_module.ema_model = copy.deepcopy(pl_module.model).requires_grad_(False)
 
-    def _pairs(self, pl_module: pl.LightningModule) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _pairs(self, pl_module: pl.LightningModule, trainable_only: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         ema = dict(pl_module.ema_model.named_parameters())
-        pairs = [(_local(ema[k]), _local(p)) for k, p in pl_module.model.named_parameters()]
+        pairs = [(_local(ema[k]), _local(p)) for k, p in pl_module.model.named_parameters()
+                 if p.requires_grad or not trainable_only]
         return [e for e, _ in pairs], [p.detach() for _, p in pairs]
 
     @torch.no_grad()
@@ -67,7 +70,8 @@ class EMA(pl.Callback):
         self._num_updates += 1
         n = self._num_updates
         decay = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-        ema, params = self._pairs(pl_module)
+        # Frozen weights (a LoRA run's whole base model) never move: averaging them is wasted work.
+        ema, params = self._pairs(pl_module, trainable_only=True)
         torch._foreach_lerp_(ema, params, 1.0 - decay)
 
     def state_dict(self) -> dict[str, Any]:
@@ -77,6 +81,47 @@ class EMA(pl.Callback):
         # Called only when the checkpoint holds this callback's state, i.e. its EMA weights were saved too.
         self._num_updates = int(state_dict["num_updates"])
         self._restored = True
+
+
+class SaveLoRA(pl.Callback):
+    """Writes a LoRA run's adapters alone (``lora.safetensors``, a few MB at most) next to its checkpoints.
+
+    Whenever a checkpoint is saved and at the end of training, from the EMA weights when the EMA callback
+    runs. A VE fine-tuned alongside the adapters is saved whole in the same file (see
+    :func:`crossflow.finetune.save_lora`). Sample with ``sample.py --ckpt BASE --lora lora.safetensors``.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "lora.safetensors", use_ema: bool = True) -> None:
+        """
+        Args:
+            dirpath: Output folder (None: the ModelCheckpoint's folder, else ``<default_root_dir>/checkpoints``).
+            filename: Name of the adapter file (overwritten at every save).
+            use_ema: Save the EMA copy's adapters when there is one (what sampling uses).
+        """
+        super().__init__()
+        self.dirpath, self.filename, self.use_ema = dirpath, filename, use_ema
+        self.last_path: str | None = None
+
+    def _path(self, trainer: pl.Trainer) -> str:
+        directory = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
+        return os.path.join(directory or os.path.join(trainer.default_root_dir, "checkpoints"), self.filename)
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not has_lora(pl_module.model):
+            return  # a full fine-tune: the checkpoint is the result
+        source = pl_module.sampling_model if self.use_ema else pl_module.model
+        modules = trained_full_modules(pl_module.model)  # the EMA copy is all frozen: ask the trained model
+        state = lora_file_state(source, modules)  # every rank: gathers FSDP2 shards
+        if trainer.is_global_zero:
+            path = self._path(trainer)
+            write_lora_file(state, lora_spec_of(pl_module.model), pl_module.model_config, modules, path)
+            self.last_path = path
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._write(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(trainer, pl_module)
 
 
 def log_sample_grid(trainer: pl.Trainer, images: list, captions: list[str], name: str = "samples") -> None:

@@ -140,13 +140,15 @@ def read_lightning_meta(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(meta, map_location="cpu", weights_only=True)
 
 
-def export(ckpt: str, out: str, no_ema: bool = False) -> Path:
-    """Write ``out/config.json`` and ``out/model.safetensors`` from any checkpoint ``ckpt``."""
+def export(ckpt: str, out: str, no_ema: bool = False, lora: str | None = None, lora_scale: float = 1.0) -> Path:
+    """Write ``out/config.json`` and ``out/model.safetensors`` from any checkpoint ``ckpt`` (LoRA adapters merged:
+    a LoRA fine-tune's own, or the file ``lora`` onto the base ``ckpt``)."""
     from crossflow.inference import CrossFlowPipeline
 
-    pipe = CrossFlowPipeline.from_pretrained(ckpt, use_ema=not no_ema)
+    pipe = CrossFlowPipeline.from_pretrained(ckpt, use_ema=not no_ema, lora=lora, lora_scale=lora_scale)
     directory = pipe.save_pretrained(out)
-    print(f"exported {ckpt} ({'raw' if no_ema else 'EMA where present'} weights) to {directory}/")
+    merged = f" + LoRA {lora} (scale {lora_scale})" if lora else ""
+    print(f"exported {ckpt}{merged} ({'raw' if no_ema else 'EMA where present'} weights) to {directory}/")
     return directory
 
 
@@ -157,9 +159,11 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--ckpt", required=True, help="Lightning .ckpt, sharded (DCP) checkpoint folder, .safetensors file or saved folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-ema", action="store_true", help="export the raw training weights instead of the EMA")
+    p.add_argument("--lora", default=None, help="a LoRA adapter file to merge onto --ckpt (its base model)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the merged LoRA update (default 1)")
     ns = parser.parse_args(args)
     with exit_on_user_error():
-        export(ns.ckpt, ns.out, ns.no_ema)
+        export(ns.ckpt, ns.out, ns.no_ema, ns.lora, ns.lora_scale)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from crossflow.config import ModelConfig
 from crossflow.errors import CrossFlowError
-from crossflow.models.codec import build_codec
+from crossflow.finetune import (
+    LORA_META_KEY,
+    LoraSpec,
+    apply_lora,
+    load_lora,
+    merge_lora,
+    state_dict_mismatch,
+)
+from crossflow.models.codec import Codec, build_codec
 from crossflow.models.crossflow import CrossFlowModel
 from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
 from crossflow.sampling import Solver, classifier_free_guidance, solve_ode
@@ -44,29 +52,38 @@ def _pick_weights(keys: set[str], use_ema: bool) -> str:
     return EMA_PREFIX if use_ema and any(k.startswith(EMA_PREFIX) for k in keys) else MODEL_PREFIX
 
 
-def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, weights) from an FSDP2 run's DCP folder, read in this process (any number of shards)."""
+def _lora_of(meta: dict[str, Any]) -> LoraSpec | None:
+    """The adapters a (LoRA fine-tuning) checkpoint's weights carry, from its ``crossflow`` entry."""
+    return LoraSpec.from_dict(meta["lora"]) if meta.get("lora") else None
+
+
+def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor], LoraSpec | None]:
+    """(config, weights, LoRA spec) from an FSDP2 run's DCP folder, read in this process (any number of shards)."""
     from crossflow.checkpoint import read_lightning_meta, read_sharded, sharded_keys
 
     meta = read_lightning_meta(path).get("crossflow")
     if not meta or "config" not in meta:
         raise CrossFlowError(f"{path} is not a CrossFlow checkpoint (no model config inside)")
-    config = ModelConfig.from_dict(meta["config"])
+    config, lora = ModelConfig.from_dict(meta["config"]), _lora_of(meta)
     keys = {k[len("state_dict."):] for k in sharded_keys(path) if k.startswith("state_dict.")}
     prefix = _pick_weights(keys, use_ema)
     with torch.device("meta"):  # shapes only: the tensors are allocated empty below and filled from disk
-        template = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained)).state_dict()
+        template_model = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
+        if lora is not None:  # a LoRA run's weights: base layers renamed, adapters beside them
+            apply_lora(template_model, lora)
+        template = template_model.state_dict()
     missing = sorted(prefix + k for k in template if prefix + k not in keys)
     if missing:
         raise CrossFlowError(f"checkpoint {path} does not match its model config: missing {missing[0]}"
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     state = {"state_dict": {prefix + k: torch.empty_like(v, device="cpu") for k, v in template.items()}}
     read_sharded(path, state)
-    return config, {k[len(prefix):]: v for k, v in state["state_dict"].items()}
+    return config, {k[len(prefix):]: v for k, v in state["state_dict"].items()}, lora
 
 
-def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, state dict of CrossFlowModel) from a folder, a .safetensors file or a Lightning checkpoint."""
+def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor], LoraSpec | None]:
+    """(config, state dict of CrossFlowModel, LoRA spec of its adapters or None) from a folder, a .safetensors
+    file or a Lightning checkpoint. The state dict of a LoRA run carries its (unmerged) adapters."""
     from crossflow.checkpoint import is_sharded_checkpoint
 
     if path.is_dir() and is_sharded_checkpoint(path):
@@ -77,19 +94,22 @@ def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, 
             raise CrossFlowError(
                 f"{path} is neither a saved CrossFlow model ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a sharded checkpoint"
             )
-        return ModelConfig.from_dict(json.loads(config_file.read_text())), load_file(str(weights_file))
+        return ModelConfig.from_dict(json.loads(config_file.read_text())), load_file(str(weights_file)), None
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if LORA_META_KEY in meta:
+            raise CrossFlowError(f"{path} is a LoRA adapter, not a model: load it on top of its base checkpoint "
+                                 "(--lora / from_pretrained(base, lora=...))")
         if "crossflow_config" in meta:
             config = ModelConfig.from_dict(json.loads(meta["crossflow_config"]))
         elif (path.parent / CONFIG_NAME).exists():
             config = ModelConfig.from_dict(json.loads((path.parent / CONFIG_NAME).read_text()))
         else:
             raise CrossFlowError(f"{path} has no CrossFlow config (metadata or {CONFIG_NAME} beside it)")
-        return config, load_file(str(path))
+        return config, load_file(str(path)), None
     try:
         # weights_only: loading a checkpoint must never execute pickled code.
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -99,10 +119,57 @@ def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, 
     if not meta or "config" not in meta:
         raise CrossFlowError(f"{path} is not a CrossFlow checkpoint (no model config inside)")
     if use_ema and "ema_state_dict" in ckpt:  # checkpoints written before the EMA became a module
-        return ModelConfig.from_dict(meta["config"]), ckpt["ema_state_dict"]
+        return ModelConfig.from_dict(meta["config"]), ckpt["ema_state_dict"], None
     prefix = _pick_weights(set(ckpt["state_dict"]), use_ema)
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    return ModelConfig.from_dict(meta["config"]), state
+    return ModelConfig.from_dict(meta["config"]), state, _lora_of(meta)
+
+
+def load_model(
+    path: str | os.PathLike, use_ema: bool = True, lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
+) -> tuple[ModelConfig, CrossFlowModel]:
+    """The plain CrossFlowModel of any checkpoint (see :meth:`CrossFlowPipeline.from_pretrained`), in eval mode.
+
+    Adapters are merged into the weights: a LoRA run's own (rebuilt from the spec stored in the checkpoint),
+    then those of a separate adapter file ``lora``. ``lora_scale`` scales the merged update: the file's, or
+    without one the checkpoint's own (0 = the base model, 1 = the fine-tune as trained).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CrossFlowError(f"checkpoint not found: {path}")
+    config, state, spec = _read_checkpoint(path, use_ema)
+    return config, _build_model(path, config, state, spec, lora, lora_scale)
+
+
+def _build_model(
+    path: Path, config: ModelConfig, state: dict[str, torch.Tensor], spec: LoraSpec | None,
+    lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
+) -> CrossFlowModel:
+    model = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
+    if spec is not None:
+        apply_lora(model, spec)
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise CrossFlowError(f"checkpoint {path} does not match its model config: {problem}")
+    model.load_state_dict(state, strict=True)
+    if spec is not None:
+        merge_lora(model, scale=1.0 if lora is not None else lora_scale)
+    if lora is not None:
+        merge_lora(load_lora(model, lora), scale=lora_scale)
+    if spec is not None or lora is not None:
+        model.requires_grad_(True)  # peft froze the base weights: leave them as a plain checkpoint's load
+    return model.eval()
+
+
+def read_model_weights(path: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(config, plain state dict of CrossFlowModel) of any checkpoint; a LoRA run's adapters are merged."""
+    path = Path(path)
+    if not path.exists():
+        raise CrossFlowError(f"checkpoint not found: {path}")
+    config, state, spec = _read_checkpoint(path, use_ema)
+    if spec is None:  # the common case: no model to build, the text encoder's config is not even looked up
+        return config, state
+    return config, _build_model(path, config, state, spec).state_dict()
 
 
 class CrossFlowPipeline:
@@ -113,12 +180,13 @@ class CrossFlowPipeline:
         config: ModelConfig,
         model: CrossFlowModel,
         text_encoder: FrozenTextEncoder,
-        codec: torch.nn.Module | None = None,
+        codec: Codec | None = None,
     ) -> None:
         self.config = config
         self.model = model
         self.text_encoder = text_encoder
-        self.codec = codec if codec is not None else build_codec(config.codec)
+        # On the model's device: a VAE codec decodes where the codec sits.
+        self.codec = (codec if codec is not None else build_codec(config.codec)).to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -126,21 +194,18 @@ class CrossFlowPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        use_ema: bool = True,
+        lora: str | os.PathLike | None = None,
+        lora_scale: float = 1.0,
     ) -> CrossFlowPipeline:
-        """Load a Lightning checkpoint (file or sharded folder; EMA weights by default), a saved folder or a .safetensors file."""
-        path = Path(path)
-        if not path.exists():
-            raise CrossFlowError(f"checkpoint not found: {path}")
-        config, state = _read_checkpoint(path, use_ema)
+        """Load a Lightning checkpoint (file or sharded folder; EMA weights by default), a saved folder or a
+        .safetensors file. A LoRA fine-tune's checkpoint samples with its adapters merged; ``lora`` merges a
+        separate adapter file (``lora.safetensors``) onto the base ``path``, its update scaled by ``lora_scale``."""
+        config, model = load_model(path, use_ema, lora=lora, lora_scale=lora_scale)
         text_encoder = FrozenTextEncoder(config.text_encoder)
-        model = CrossFlowModel(config, text_dim=text_encoder.hidden_size)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-            raise CrossFlowError(f"checkpoint {path} does not match its model config: {first}") from err
-        model.eval()
         return cls(config, model.to(device), text_encoder.to(device))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

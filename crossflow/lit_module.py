@@ -13,10 +13,12 @@ import torch
 
 from crossflow import flow
 from crossflow.config import ModelConfig, config_diff
+from crossflow.data.precomputed import check_prepared
 from crossflow.errors import CrossFlowError
+from crossflow.finetune import FinetuneConfig, check_resume, lora_spec_of, prepare_for_finetuning
 from crossflow.models.codec import build_codec
 from crossflow.models.crossflow import CrossFlowModel
-from crossflow.models.text_encoder import FrozenTextEncoder
+from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
 from crossflow.parallel import parallelize
 from crossflow.resume import gather_rank_states, restore_rank_state, set_rng_states
 from crossflow.strategies import mesh_param_dtype
@@ -66,6 +68,7 @@ class CrossFlowLitModule(pl.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008
         compile_blocks: bool = False,
         activation_checkpointing: bool = False,
+        finetune: FinetuneConfig | None = None,
     ) -> None:
         """
         Args:
@@ -76,6 +79,8 @@ class CrossFlowLitModule(pl.LightningModule):
                 around the matmuls; costs a one-off compile at the first steps).
             activation_checkpointing: Recompute the flow blocks' activations in backward: less memory for
                 ~1/3 more compute (docs/results.md has the memory arithmetic for the xl preset).
+            finetune: Start from released weights (``init_from``), fully or with LoRA adapters on the flow
+                transformer (configs/finetune.yaml). None: train from scratch.
         """
         super().__init__()
         self.compile_blocks = compile_blocks
@@ -86,11 +91,25 @@ class CrossFlowLitModule(pl.LightningModule):
         self.model_config = copy.deepcopy(model)
         self.loss_config = copy.deepcopy(loss)
         self.optim_config = copy.deepcopy(optimizer)
-        self.text_encoder = FrozenTextEncoder(self.model_config.text_encoder)
+        self._text_encoder: FrozenTextEncoder | None = None  # loaded on first use (see text_encoder)
         self.codec = build_codec(self.model_config.codec)
-        self.model = CrossFlowModel(self.model_config, text_dim=self.text_encoder.hidden_size)
+        self.model = CrossFlowModel(self.model_config, text_dim=load_hidden_size(self.model_config.text_encoder.pretrained))
+        self.finetune_config = copy.deepcopy(finetune)
+        if self.finetune_config is not None:
+            # Here, not in configure_model: the EMA callback copies the model in its setup, which runs before
+            # configure_model, so the copy must already hold the loaded weights and the adapters.
+            prepare_for_finetuning(self.model, self.finetune_config)
         # The frozen encoder's weights are stripped from checkpoints, so loading must not demand them.
         self.strict_loading = False
+
+    @property
+    def text_encoder(self) -> FrozenTextEncoder:
+        """The frozen prompt encoder, loaded on first use: training on shards with precomputed text states
+        never loads it. Not a submodule: never checkpointed, sharded or cast by the trainer's precision."""
+        if self._text_encoder is None:
+            encoder = FrozenTextEncoder(self.model_config.text_encoder).to(self.device)
+            object.__setattr__(self, "_text_encoder", encoder)  # bypass nn.Module: not a registered submodule
+        return self._text_encoder
 
     @property
     def sampling_model(self) -> CrossFlowModel:
@@ -123,8 +142,15 @@ class CrossFlowLitModule(pl.LightningModule):
             set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
 
+    def setup(self, stage: str) -> None:
+        """Refuse precomputed shards made with another encoder, length or latent shape, before any step."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        first = datamodule.first_train_sample() if stage == "fit" and hasattr(datamodule, "first_train_sample") else None
+        if first is not None:
+            check_prepared(first[0], self.model_config, source=first[1])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch["image"], batch["caption"], generator=self.step_generator(self.global_step))
+        losses = self.compute_losses(batch, generator=self.step_generator(self.global_step))
         self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         self.log("train/loss", losses["loss"], prog_bar=True)
         if "skipped" in batch:
@@ -134,23 +160,37 @@ class CrossFlowLitModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # A fixed generator makes the validation loss comparable across evaluations.
         g = torch.Generator(device=self.device).manual_seed(batch_idx)
-        losses = self.compute_losses(batch["image"], batch["caption"], generator=g, net=self.sampling_model)
+        losses = self.compute_losses(batch, generator=g, net=self.sampling_model)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["caption"]))
+
+    def encode_batch(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch -> (text token states, mask, z_image), from precomputed members where the shards hold
+        them (crossflow prepare), else by running the frozen text encoder / the codec."""
+        if "text_states" in batch:
+            tokens, mask = batch["text_states"].float(), batch["text_mask"].bool()
+        else:
+            tokens, mask = self.text_encoder(batch["caption"])
+        if "latent_moments" in batch:
+            mean, logvar = batch["latent_moments"].float().unbind(1)
+            z_image = self.codec.latents_from_moments(mean, logvar, generator=generator)
+        else:
+            z_image = self.codec.encode(batch["image"], generator=generator)
+        return tokens, mask, z_image
 
     def compute_losses(
         self,
-        images: torch.Tensor,
-        captions: list[str],
+        batch: dict[str, Any],
         generator: torch.Generator | None = None,
         net: CrossFlowModel | None = None,
     ) -> dict[str, torch.Tensor]:
         """The CrossFlow objective for one batch (paper Sec. 3, DESIGN.md 'What CrossFlow is')."""
-        cfg, b = self.loss_config, images.shape[0]
+        cfg, b = self.loss_config, len(batch["caption"])
         net = self.model if net is None else net
-        tokens, mask = self.text_encoder(captions)
+        tokens, mask, z_image = self.encode_batch(batch, generator)
         mu, logvar = net.encode_text(tokens, mask)
         z_text = net.text_latent(mu, logvar, generator=generator)
-        z_image = self.codec.encode(images)
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
         z_target = flow.roll_unconditional_targets(z_image, uncond)
         t = flow.sample_time(b, cfg.time_sampling, shift=cfg.time_shift, device=self.device, generator=generator)
@@ -197,7 +237,13 @@ class CrossFlowLitModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"config": self.model_config.to_dict(), "format": 2}
+        lora = lora_spec_of(self.model)
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": self.model_config.to_dict(), "format": 2,
+            # The adapters a LoRA run's weights carry: the loaders rebuild them, load, and merge.
+            "lora": None if lora is None else lora.to_dict(),
+            "finetune": None if self.finetune_config is None else self.finetune_config.to_dict(),
+        }
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("text_encoder.")}
         if self._trainer is not None:
             gather_rank_states(self.trainer, checkpoint)  # collective: every rank saves through here
@@ -209,5 +255,6 @@ class CrossFlowLitModule(pl.LightningModule):
         diff = config_diff(ModelConfig.from_dict(stored), self.model_config)
         if diff:
             raise CrossFlowError("checkpoint was trained with another model config: " + "; ".join(diff[:5]))
+        check_resume(checkpoint[CHECKPOINT_KEY].get("lora"), self.model)
         if self._trainer is not None:
             self._rng_to_restore = restore_rank_state(self.trainer, checkpoint)

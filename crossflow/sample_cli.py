@@ -27,6 +27,8 @@ def sample(
     device: str = "cpu",
     no_ema: bool = False,
     upscale: int = 4,
+    lora: str | None = None,
+    lora_scale: float = 1.0,
 ) -> Path:
     """Sample images from a CrossFlow checkpoint and write a PNG grid plus one PNG per image.
 
@@ -43,6 +45,9 @@ def sample(
         device: cpu, cuda, cuda:1, ...
         no_ema: Use the raw training weights instead of the EMA weights.
         upscale: Nearest-neighbour upscale factor for the saved PNGs (small images are hard to see).
+        lora: A LoRA adapter file (``lora.safetensors`` of a LoRA fine-tune) merged onto ``ckpt``, its base.
+        lora_scale: Strength of the LoRA update (0 = the base model, 1 = as trained); without ``lora`` it scales
+            a LoRA fine-tune checkpoint's own adapters.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if num <= 0:
@@ -55,7 +60,7 @@ def sample(
         raise CrossFlowError(f"--temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
     if not prompts or any(not p.strip() for p in prompts):
         raise CrossFlowError("--prompt must be a non-empty string")
-    pipe = CrossFlowPipeline.from_pretrained(ckpt, device=device, use_ema=not no_ema)
+    pipe = CrossFlowPipeline.from_pretrained(ckpt, device=device, use_ema=not no_ema, lora=lora, lora_scale=lora_scale)
     all_prompts = [p for p in prompts for _ in range(num)]
     generator = torch.Generator(device=device).manual_seed(seed)
     with tqdm(total=steps, desc="sampling", unit="step", file=sys.stderr) as bar:
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights instead of the EMA weights")
     p.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscale of the saved PNGs (default 4)")
+    p.add_argument("--lora", default=None,
+                   help="a LoRA adapter file (lora.safetensors of a LoRA fine-tune) merged onto --ckpt, its base model")
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="strength of the LoRA update: 0 = base model, 1 = as trained (default 1)")
     return p
 
 
