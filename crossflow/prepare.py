@@ -54,6 +54,7 @@ from crossflow.data import sources
 from crossflow.data.decode import decode_image
 from crossflow.data.sources import CORRUPT_IMAGE, BlobReader, Format, Index, Item, Skip, Skips
 from crossflow.errors import CrossFlowError, exit_on_user_error
+from crossflow.models.codec import CodecConfig
 from crossflow.models.text_encoder import DEMO_TEXT_ENCODER, TextEncoderConfig, load_hidden_size
 
 VERSION = 1
@@ -172,28 +173,19 @@ def _validate(options: PrepareOptions) -> None:
         raise CrossFlowError("--precompute-latents vae needs --vae (a diffusers AutoencoderKL folder or hub id)")
     if options.vae and options.precompute_latents != "vae":
         raise CrossFlowError("--vae is only used with --precompute-latents vae")
-    if options.text_scale != 1.0 and not _has_text_scale():
-        raise CrossFlowError("--text-scale needs a TextEncoderConfig with a 'scale' field (not in this version)")
-
-
-def _has_text_scale() -> bool:
-    return "scale" in {f.name for f in dataclasses.fields(TextEncoderConfig)}
 
 
 # ------------------------------------------------------------------------------------------ configuration
 
 
 def text_config(options: PrepareOptions) -> TextEncoderConfig:
-    """The frozen text encoder's config from the options (``scale`` only where this version has it)."""
-    extra = {"scale": options.text_scale} if _has_text_scale() else {}
+    """The frozen text encoder's config from the options."""
     return TextEncoderConfig(pretrained=options.text_encoder, max_length=options.max_length,
-                             hidden_state_layer=options.layer, cache_size=TEXT_CACHE, **extra)
+                             hidden_state_layer=options.layer, scale=options.text_scale, cache_size=TEXT_CACHE)
 
 
-def codec_config(options: PrepareOptions) -> Any:
+def codec_config(options: PrepareOptions) -> CodecConfig:
     """The VAE codec's config from the options."""
-    from crossflow.models.codec import CodecConfig
-
     return CodecConfig(kind="vae", vae=options.vae, image_size=options.image_size,
                        latent_channels=options.latent_channels, downsample=options.downsample)
 
