@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +39,10 @@ class VariationalEncoderConfig:
     """Clamp on log σ² so exp() stays finite in fp16/bf16."""
     logvar_max: float = 4.0
     """Upper clamp on log σ²."""
+    min_sigma: float = 0.0
+    """Floor on the VE's σ: σ² ← σ² + min_sigma² (0 = off, the paper). The contrastive loss shrinks σ until
+    z_text is nearly deterministic; a floor keeps real noise in the source for the flow to spread into the
+    caption's unstated variation (jitter, free attributes) and for SDE editing (docs/experiments.md)."""
 
 
 class VariationalEncoder(nn.Module):
@@ -106,4 +111,7 @@ class VariationalEncoder(nn.Module):
         c, h, w = self.grid_shape
         mu = rearrange(mu, "b (c h w) -> b c h w", c=c, h=h, w=w)
         logvar = rearrange(logvar, "b (c h w) -> b c h w", c=c, h=h, w=w)
-        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+        logvar = logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+        if self.config.min_sigma > 0:
+            logvar = torch.logaddexp(logvar, torch.full_like(logvar, 2 * math.log(self.config.min_sigma)))
+        return mu, logvar
