@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("crossflow.cli", "train or fine-tune (LightningCLI: crossflow train fit --config configs/demo.yaml)"),
     "prepare": ("crossflow.prepare", "turn image folders / jsonl / csv / web shards into training shards"),
     "sample": ("crossflow.sample_cli", "generate images from a checkpoint"),
+    "eval": ("crossflow.eval.run", "generate for a prompt set and measure: shapes accuracy, FID/KID, alignment"),
     "evaluate": ("crossflow.eval.evaluate", "score a checkpoint with the shapes evaluator"),
     "export": ("crossflow.checkpoint", "export a checkpoint's weights to safetensors"),
     "shapes": ("crossflow.data.shards", "write the embedded shapes dataset as shards"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from crossflow.errors import CrossFlowError
 from crossflow.flow import Prediction
+from crossflow.models.baseline import NoiseBaselineConfig
 from crossflow.models.codec import CodecConfig
 from crossflow.models.text_encoder import TextEncoderConfig
 from crossflow.models.transformer import FlowTransformerConfig
@@ -18,6 +19,10 @@ from crossflow.models.variational import VariationalEncoderConfig
 class ModelConfig:
     """A CrossFlow model: frozen text encoder -> VE -> z_text -> flow transformer -> z_image -> codec."""
 
+    kind: Literal["crossflow", "noise_baseline"] = "crossflow"
+    """Which network: ``crossflow`` (text latent -> image, the paper's) or ``noise_baseline`` (Gaussian noise ->
+    image with the text as a condition; models/baseline.py, configured by ``baseline``). The baseline ignores
+    ``variational`` and ``alignment_dim``; CrossFlow ignores ``baseline``."""
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """The frozen prompt encoder."""
     codec: CodecConfig = field(default_factory=CodecConfig)
@@ -32,14 +37,21 @@ class ModelConfig:
     """Shared embedding size of the contrastive alignment loss."""
     sigma_min: float = 1e-5
     """σ_min of the path x_t = t·z_image + (1 − (1 − σ_min)·t)·z_text."""
+    pixel_head: int = 0
+    """Channels of the flow transformer's convolutional output head (0 = linear unpatchify, the paper's;
+    FlowTransformerConfig.pixel_head)."""
     prediction: Prediction = "velocity"
     """What the flow transformer outputs: ``velocity`` (the paper) or ``data``, the image endpoint, turned
     into a velocity by flow.velocity_from_data (trained with the same velocity loss)."""
+    baseline: NoiseBaselineConfig = field(default_factory=NoiseBaselineConfig)
+    """Text conditioning of the noise baseline (``kind: noise_baseline`` only)."""
 
     def transformer_config(self) -> FlowTransformerConfig:
         """The preset with its derived sizes (latent channels and size from the codec)."""
         c, h, _ = self.latent_shape
-        return FlowTransformerConfig.from_preset(self.preset, in_channels=c, input_size=h, patch_size=self.patch_size)
+        return FlowTransformerConfig.from_preset(
+            self.preset, in_channels=c, input_size=h, patch_size=self.patch_size, pixel_head=self.pixel_head
+        )
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -51,8 +63,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a config from another version)."""
-        nested = {"text_encoder": TextEncoderConfig, "codec": CodecConfig, "variational": VariationalEncoderConfig}
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a config from another version). Fields a
+        config predates (``kind``, ``baseline``, ...) take their defaults: an old checkpoint is CrossFlow."""
+        nested = {
+            "text_encoder": TextEncoderConfig, "codec": CodecConfig, "variational": VariationalEncoderConfig,
+            "baseline": NoiseBaselineConfig,
+        }
         try:
             kwargs = {k: nested[k](**v) if k in nested else v for k, v in data.items()}
             return cls(**kwargs)

@@ -31,9 +31,17 @@ from crossflow.finetune import (
     state_dict_mismatch,
 )
 from crossflow.models.codec import Codec, build_codec
-from crossflow.models.crossflow import CrossFlowModel
+from crossflow.models.flow_model import FlowModel, FlowSource, TextCondition, build_model
 from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
-from crossflow.sampling import Solver, classifier_free_guidance, solve_ode
+from crossflow.sampling import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    SOLVERS,
+    Solver,
+    SolveResult,
+    classifier_free_guidance,
+    integrate,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -68,7 +76,7 @@ def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, di
     keys = {k[len("state_dict."):] for k in sharded_keys(path) if k.startswith("state_dict.")}
     prefix = _pick_weights(keys, use_ema)
     with torch.device("meta"):  # shapes only: the tensors are allocated empty below and filled from disk
-        template_model = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
+        template_model = build_model(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
         if lora is not None:  # a LoRA run's weights: base layers renamed, adapters beside them
             apply_lora(template_model, lora)
         template = template_model.state_dict()
@@ -82,7 +90,7 @@ def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, di
 
 
 def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor], LoraSpec | None]:
-    """(config, state dict of CrossFlowModel, LoRA spec of its adapters or None) from a folder, a .safetensors
+    """(config, state dict of the flow model, LoRA spec of its adapters or None) from a folder, a .safetensors
     file or a Lightning checkpoint. The state dict of a LoRA run carries its (unmerged) adapters."""
     from crossflow.checkpoint import is_sharded_checkpoint
 
@@ -127,8 +135,8 @@ def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, 
 
 def load_model(
     path: str | os.PathLike, use_ema: bool = True, lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
-) -> tuple[ModelConfig, CrossFlowModel]:
-    """The plain CrossFlowModel of any checkpoint (see :meth:`CrossFlowPipeline.from_pretrained`), in eval mode.
+) -> tuple[ModelConfig, FlowModel]:
+    """The plain flow model (CrossFlow or the noise baseline, as its config says) of any checkpoint (see :meth:`CrossFlowPipeline.from_pretrained`), in eval mode.
 
     Adapters are merged into the weights: a LoRA run's own (rebuilt from the spec stored in the checkpoint),
     then those of a separate adapter file ``lora``. ``lora_scale`` scales the merged update: the file's, or
@@ -144,8 +152,8 @@ def load_model(
 def _build_model(
     path: Path, config: ModelConfig, state: dict[str, torch.Tensor], spec: LoraSpec | None,
     lora: str | os.PathLike | None = None, lora_scale: float = 1.0,
-) -> CrossFlowModel:
-    model = CrossFlowModel(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
+) -> FlowModel:
+    model = build_model(config, text_dim=load_hidden_size(config.text_encoder.pretrained))
     if spec is not None:
         apply_lora(model, spec)
     problem = state_dict_mismatch(model.state_dict(), state)
@@ -162,7 +170,7 @@ def _build_model(
 
 
 def read_model_weights(path: str | os.PathLike, use_ema: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(config, plain state dict of CrossFlowModel) of any checkpoint; a LoRA run's adapters are merged."""
+    """(config, plain state dict of the flow model) of any checkpoint; a LoRA run's adapters are merged."""
     path = Path(path)
     if not path.exists():
         raise CrossFlowError(f"checkpoint not found: {path}")
@@ -173,12 +181,12 @@ def read_model_weights(path: str | os.PathLike, use_ema: bool = True) -> tuple[M
 
 
 class CrossFlowPipeline:
-    """Text encoder + VE + flow transformer + codec, ready to sample."""
+    """Text encoder + flow model (VE + flow transformer, or the noise baseline) + codec, ready to sample."""
 
     def __init__(
         self,
         config: ModelConfig,
-        model: CrossFlowModel,
+        model: FlowModel,
         text_encoder: FrozenTextEncoder,
         codec: Codec | None = None,
     ) -> None:
@@ -219,19 +227,41 @@ class CrossFlowPipeline:
         return directory
 
     @torch.no_grad()
+    def prepare_source(
+        self, prompts: Sequence[str], generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> FlowSource:
+        """Prompts -> where the flow starts: CrossFlow's z_text = μ + τ·σ·ε from the VE, or the noise baseline's
+        x0 ~ N(0, I) with the prompts' text condition (``FlowSource.cond``; τ must stay 1 there)."""
+        tokens, mask = self.text_encoder(list(prompts))
+        if generator is not None and generator.device != self.device:
+            raise CrossFlowError(f"generator is on {generator.device}, model on {self.device}")
+        return self.model.source(tokens.to(self.device), mask.to(self.device), generator=generator, temperature=temperature)
+
+    @torch.no_grad()
     def encode_prompts(
         self, prompts: Sequence[str], generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
-        """Prompts -> z_text (B, C, H, W) = μ + τ·σ·ε from the VE (τ = 0: μ itself, the same image for every seed)."""
-        tokens, mask = self.text_encoder(list(prompts))
-        mu, logvar = self.model.encode_text(tokens.to(self.device), mask.to(self.device))
-        if generator is not None and generator.device != mu.device:
-            raise CrossFlowError(f"generator is on {generator.device}, model on {mu.device}")
-        return self.model.text_latent(mu, logvar, generator=generator, temperature=temperature)
+        """Prompts -> z_text (B, C, H, W) = μ + τ·σ·ε from the VE (τ = 0: μ itself, the same image for every seed).
 
-    def velocity_fn(self, guidance_scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The (guided) velocity callable the solvers integrate."""
-        return classifier_free_guidance(self.model.velocity, guidance_scale)
+        CrossFlow only: the noise baseline has no text latent (use :meth:`prepare_source`)."""
+        source = self.prepare_source(prompts, generator=generator, temperature=temperature)
+        if source.cond is not None:
+            raise CrossFlowError("this model (kind noise_baseline) has no text latent: it flows from noise with the "
+                                 "text as a condition; use prepare_source() or call the pipeline")
+        return source.x0
+
+    def velocity_fn(
+        self, guidance_scale: float, cond: TextCondition | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The (guided) velocity callable the solvers integrate. ``cond``: the text condition of a model that
+        takes one (``FlowSource.cond``), tiled to the batch the CFG wrapper evaluates ([x; x], same x_t)."""
+        if cond is None:
+            return classifier_free_guidance(self.model.velocity, guidance_scale)
+
+        def conditioned(x: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:
+            return self.model.velocity(x, t, unconditional, cond.tile(x.shape[0]))
+
+        return classifier_free_guidance(conditioned, guidance_scale)
 
     @torch.no_grad()
     def generate_latents(
@@ -242,13 +272,27 @@ class CrossFlowPipeline:
         solver: Solver = "euler",
         return_trajectory: bool = False,
         progress: Callable[[int], None] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Integrate the flow from z_text (t = 0) to an image latent (t = 1)."""
-        _check_sampling_args(num_steps, guidance_scale)
-        return solve_ode(
-            self.velocity_fn(guidance_scale), z_text, num_steps=num_steps, solver=solver,
-            return_trajectory=return_trajectory, progress=progress,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
+        return_result: bool = False,
+        cond: TextCondition | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]] | SolveResult:
+        """Integrate the flow from z_text (t = 0) to an image latent (t = 1).
+
+        ``solver`` is one of ``crossflow.sampling.SOLVERS``; ``rtol``/``atol`` steer dopri5 only (which ignores
+        ``num_steps`` except as the trajectory's grid). ``return_result`` returns the whole
+        :class:`~crossflow.sampling.SolveResult` (latent, NFE, steps, trajectory) instead of the latent
+        (and trajectory). ``cond``: the text condition of a model that takes one (the noise baseline: ``z_text``
+        is then its noise, both from :meth:`prepare_source`).
+        """
+        _check_sampling_args(num_steps, guidance_scale, solver=solver, rtol=rtol, atol=atol)
+        result = integrate(
+            self.velocity_fn(guidance_scale, cond), z_text, num_steps=num_steps, solver=solver,
+            return_trajectory=return_trajectory, progress=progress, rtol=rtol, atol=atol,
         )
+        if return_result:
+            return result
+        return (result.x, result.trajectory) if return_trajectory else result.x  # type: ignore[return-value]
 
     @torch.no_grad()
     def __call__(
@@ -261,20 +305,25 @@ class CrossFlowPipeline:
         temperature: float = 1.0,
         output_type: str = "pil",
         progress: Callable[[int], None] | None = None,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
     ) -> list[Image.Image] | torch.Tensor:
         """Prompts -> images (PIL by default, or a (B, C, S, S) tensor in [0, 1] with ``output_type="pt"``).
 
         ``temperature`` τ scales the VE's σ when drawing z_text (1 = the trained distribution, 0 = μ only).
+        ``solver``, ``rtol``, ``atol``: as in :meth:`generate_latents`.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts or any(not p or not p.strip() for p in prompts):
             raise CrossFlowError("prompts must be non-empty strings")
-        _check_sampling_args(num_steps, guidance_scale, temperature)
+        _check_sampling_args(num_steps, guidance_scale, temperature, solver=solver, rtol=rtol, atol=atol)
         was_training = self.model.training
         self.model.eval()
         try:
-            z_text = self.encode_prompts(prompts, generator=generator, temperature=temperature)
-            z_image = self.generate_latents(z_text, num_steps, guidance_scale, solver, progress=progress)
+            source = self.prepare_source(prompts, generator=generator, temperature=temperature)
+            z_image = self.generate_latents(
+                source.x0, num_steps, guidance_scale, solver, progress=progress, rtol=rtol, atol=atol, cond=source.cond
+            )
         finally:
             self.model.train(was_training)
         images = self.codec.decode(z_image).float().cpu()
@@ -283,7 +332,18 @@ class CrossFlowPipeline:
         return to_pil(images)
 
 
-def _check_sampling_args(num_steps: int, guidance_scale: float, temperature: float = 1.0) -> None:
+def _check_sampling_args(
+    num_steps: int,
+    guidance_scale: float,
+    temperature: float = 1.0,
+    solver: str = "euler",
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+) -> None:
+    if solver not in SOLVERS:
+        raise CrossFlowError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    if not (rtol > 0 and atol > 0):
+        raise CrossFlowError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     if temperature < 0:
         raise CrossFlowError(f"temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
     if num_steps <= 0:
@@ -314,9 +374,7 @@ def make_grid(images: Sequence[Image.Image], columns: int | None = None, pad: in
 
 
 def describe(pipe: CrossFlowPipeline) -> dict[str, Any]:
-    """Parameter counts of the pipeline's parts (for logs and bench)."""
+    """Parameter counts of the pipeline's parts (for logs and bench): the model's top-level parts (CrossFlow:
+    variational, flow, alignment; the noise baseline: text_conditioner, flow) and the frozen text encoder."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    return {
-        "variational": count(pipe.model.variational), "flow": count(pipe.model.flow),
-        "alignment": count(pipe.model.alignment), "text_encoder": count(pipe.text_encoder),
-    }
+    return {**{name: count(part) for name, part in pipe.model.named_children()}, "text_encoder": count(pipe.text_encoder)}

@@ -1,4 +1,5 @@
-"""The LightningModule: composes text encoder, codec and CrossFlowModel; training_step reads like the math."""
+"""The LightningModule: composes text encoder, codec and the flow model (CrossFlow or the noise baseline,
+ModelConfig.kind); training_step reads like the math."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from crossflow.data.precomputed import check_prepared
 from crossflow.errors import CrossFlowError
 from crossflow.finetune import FinetuneConfig, check_resume, lora_spec_of, prepare_for_finetuning
 from crossflow.models.codec import build_codec
-from crossflow.models.crossflow import CrossFlowModel
+from crossflow.models.flow_model import FlowModel, build_model
 from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
 from crossflow.parallel import parallelize
 from crossflow.resume import gather_rank_states, restore_rank_state, set_rng_states
@@ -35,11 +36,12 @@ class LossConfig:
     time_shift: float = 1.0
     """Timestep shift s applied to the sampled t (flow.sample_time): s > 1 trains more near the image end."""
     align_weight: float = 1.0
-    """Weight of the contrastive alignment loss between z_text and image features."""
+    """Weight of the contrastive alignment loss between z_text and image features (CrossFlow only)."""
     kl_weight: float = 1e-3
-    """Weight λ_KL of the VE's KL term (mean over elements)."""
+    """Weight λ_KL of the VE's KL term (mean over elements; CrossFlow only)."""
     p_uncond: float = 0.1
-    """Probability that a sample is trained as unconditional (indicator = 1) for CFG."""
+    """Probability that a sample is trained as unconditional (indicator = 1) for CFG; the noise baseline also
+    drops its text condition for it (condition dropout)."""
 
 
 @dataclass
@@ -93,7 +95,7 @@ class CrossFlowLitModule(pl.LightningModule):
         self.optim_config = copy.deepcopy(optimizer)
         self._text_encoder: FrozenTextEncoder | None = None  # loaded on first use (see text_encoder)
         self.codec = build_codec(self.model_config.codec)
-        self.model = CrossFlowModel(self.model_config, text_dim=load_hidden_size(self.model_config.text_encoder.pretrained))
+        self.model = build_model(self.model_config, text_dim=load_hidden_size(self.model_config.text_encoder.pretrained))
         self.finetune_config = copy.deepcopy(finetune)
         if self.finetune_config is not None:
             # Here, not in configure_model: the EMA callback copies the model in its setup, which runs before
@@ -112,7 +114,7 @@ class CrossFlowLitModule(pl.LightningModule):
         return self._text_encoder
 
     @property
-    def sampling_model(self) -> CrossFlowModel:
+    def sampling_model(self) -> FlowModel:
         """The weights to sample and validate with: the EMA copy when the EMA callback made one."""
         ema = getattr(self, "ema_model", None)
         return ema if ema is not None else self.model
@@ -183,27 +185,30 @@ class CrossFlowLitModule(pl.LightningModule):
         self,
         batch: dict[str, Any],
         generator: torch.Generator | None = None,
-        net: CrossFlowModel | None = None,
+        net: FlowModel | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The CrossFlow objective for one batch (paper Sec. 3, DESIGN.md 'What CrossFlow is')."""
+        """The objective for one batch (paper Sec. 3, Eq. 3; DESIGN.md 'What CrossFlow is'): flow matching from
+        the model's source x0 (CrossFlow: z_text; the noise baseline: N(0, I)) to z_image, plus the model's own
+        terms (CrossFlow: L_align and λ_KL·KL; the baseline: none)."""
         cfg, b = self.loss_config, len(batch["caption"])
         net = self.model if net is None else net
         tokens, mask, z_image = self.encode_batch(batch, generator)
-        mu, logvar = net.encode_text(tokens, mask)
-        z_text = net.text_latent(mu, logvar, generator=generator)
+        source = net.source(tokens, mask, generator=generator)
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
-        z_target = flow.roll_unconditional_targets(z_image, uncond)
+        z_target = net.cfg_targets(z_image, uncond)
         t = flow.sample_time(b, cfg.time_sampling, shift=cfg.time_shift, device=self.device, generator=generator)
-        x_t = flow.path_sample(z_text, z_target, t, self.model_config.sigma_min)
-        v_target = flow.target_velocity(z_text, z_target, self.model_config.sigma_min)
-        v_pred = net.velocity(x_t, t, uncond)
+        x_t = flow.path_sample(source.x0, z_target, t, self.model_config.sigma_min)
+        v_target = flow.target_velocity(source.x0, z_target, self.model_config.sigma_min)
+        v_pred = net.velocity(x_t, t, uncond, source.cond)
         loss_fm = flow.flow_matching_loss(v_pred, v_target)
-        loss_align = net.alignment(z_text, z_image)  # true pairs, also for unconditional samples
-        loss_kl = flow.kl_divergence(mu, logvar)
-        loss = loss_fm + cfg.align_weight * loss_align + cfg.kl_weight * loss_kl
+        auxiliary = net.auxiliary_losses(source, z_image)
+        weights = {"align": cfg.align_weight, "kl": cfg.kl_weight}
+        loss = loss_fm
+        for name, value in auxiliary.items():
+            loss = loss + weights[name] * value
         return {
-            "loss": loss, "flow_mse": loss_fm.detach(), "align": loss_align.detach(), "kl": loss_kl.detach(),
-            "sigma_mean": (0.5 * logvar.detach()).exp().mean(), "mu_std": mu.detach().std(),
+            "loss": loss, "flow_mse": loss_fm.detach(), **{k: v.detach() for k, v in auxiliary.items()},
+            **net.diagnostics(source),
         }
 
     def configure_optimizers(self) -> dict[str, Any]:

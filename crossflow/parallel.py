@@ -11,24 +11,25 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from crossflow.models.crossflow import CrossFlowModel
+from crossflow.models.flow_model import FlowModel
 
 
 def parallelize(
-    model: CrossFlowModel,
+    model: FlowModel,
     mesh: DeviceMesh | None,
     *,
     param_dtype: torch.dtype | None = None,
     activation_checkpointing: bool = False,
     compile_blocks: bool = False,
     frozen: bool = False,
-) -> CrossFlowModel:
+) -> FlowModel:
     """Shard ``model`` in place over the 1-D data-parallel ``mesh`` (None: no sharding, e.g. DDP).
 
-    FSDP2 units: every transformer block (VE and flow), then the VE, the flow transformer and the
-    alignment heads as the roots holding the remaining parameters (embeddings, final layer, the VE's
-    large output projection). The roots are modules whose ``forward`` the training step calls:
-    FSDP2 gathers parameters in forward hooks, so a unit must be entered through its forward.
+    FSDP2 units: every transformer block of the model's parts (``blocks`` of each top-level child: VE and
+    flow for CrossFlow, text conditioner and flow for the noise baseline), then each top-level child as a
+    root holding its remaining parameters (embeddings, final layer, the VE's large output projection, the
+    alignment head). The roots are modules whose ``forward`` the training step calls: FSDP2 gathers
+    parameters in forward hooks, so a unit must be entered through its forward.
 
     Args:
         model: The trainable network (or its EMA copy, with ``frozen=True``).
@@ -48,9 +49,10 @@ def parallelize(
     if mesh is None:
         return model
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for block in (*model.variational.blocks, *model.flow.blocks):
+    roots = list(model.children())  # CrossFlow: variational, flow, alignment
+    for block in (block for root in roots for block in getattr(root, "blocks", ())):
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
-    for root in (model.variational, model.flow, model.alignment):
+    for root in roots:
         # Training: keep the roots gathered from forward to backward (they are needed first in backward).
         fully_shard(root, mesh=mesh, mp_policy=policy, reshard_after_forward=frozen)
     return model

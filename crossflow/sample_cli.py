@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from crossflow.errors import CrossFlowError, exit_on_user_error
 from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
-from crossflow.sampling import Solver
+from crossflow.sampling import DEFAULT_ATOL, DEFAULT_RTOL, SOLVERS, Solver
 
 
 def sample(
@@ -29,6 +29,8 @@ def sample(
     upscale: int = 4,
     lora: str | None = None,
     lora_scale: float = 1.0,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
 ) -> Path:
     """Sample images from a CrossFlow checkpoint and write a PNG grid plus one PNG per image.
 
@@ -36,11 +38,12 @@ def sample(
         ckpt: Lightning checkpoint (.ckpt), exported .safetensors file, or a save_pretrained folder.
         prompt: One or more prompts (repeat --prompt, or pass a list).
         num: Images per prompt.
-        steps: ODE solver steps from the text latent (t = 0) to the image (t = 1).
+        steps: ODE solver steps from the text latent (t = 0) to the image (t = 1); dopri5 chooses its own.
         cfg_scale: Classifier-free guidance scale (1 = none).
         temperature: Scale τ of the VE's σ when drawing z_text (1 = as trained, 0 = μ only: one image per prompt).
         seed: Random seed: the same seed gives identical pixels.
-        solver: euler or heun.
+        solver: euler (1 evaluation per step), midpoint or heun (2 per step), or dopri5 (adaptive; needs the
+            ``ode`` extra, torchdiffeq).
         out: Output folder (grid.png and NNN.png files).
         device: cpu, cuda, cuda:1, ...
         no_ema: Use the raw training weights instead of the EMA weights.
@@ -48,6 +51,8 @@ def sample(
         lora: A LoRA adapter file (``lora.safetensors`` of a LoRA fine-tune) merged onto ``ckpt``, its base.
         lora_scale: Strength of the LoRA update (0 = the base model, 1 = as trained); without ``lora`` it scales
             a LoRA fine-tune checkpoint's own adapters.
+        rtol: dopri5's relative tolerance (other solvers ignore it).
+        atol: dopri5's absolute tolerance (other solvers ignore it).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if num <= 0:
@@ -63,10 +68,11 @@ def sample(
     pipe = CrossFlowPipeline.from_pretrained(ckpt, device=device, use_ema=not no_ema, lora=lora, lora_scale=lora_scale)
     all_prompts = [p for p in prompts for _ in range(num)]
     generator = torch.Generator(device=device).manual_seed(seed)
-    with tqdm(total=steps, desc="sampling", unit="step", file=sys.stderr) as bar:
+    # dopri5 picks its step count as it goes: an open-ended bar.
+    with tqdm(total=None if solver == "dopri5" else steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         images = pipe(
             all_prompts, num_steps=steps, guidance_scale=cfg_scale, solver=solver, generator=generator, temperature=temperature,
-            progress=lambda i: bar.update(1),
+            progress=lambda i: bar.update(1), rtol=rtol, atol=atol,
         )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the text latent's σ (default 1 = as trained; 0 = μ only, one image per prompt)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical pixels")
-    p.add_argument("--solver", choices=["euler", "heun"], default="euler", help="ODE solver (default euler)")
+    p.add_argument("--solver", choices=SOLVERS, default="euler",
+                   help="ODE solver: euler (1 NFE/step), midpoint, heun (2 NFE/step), dopri5 (adaptive, needs "
+                        "torchdiffeq: pip install 'crossflow[ode]') (default euler)")
     p.add_argument("--out", default="samples", help="output folder (default samples/)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-ema", action="store_true", help="use the raw training weights instead of the EMA weights")
@@ -100,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a LoRA adapter file (lora.safetensors of a LoRA fine-tune) merged onto --ckpt, its base model")
     p.add_argument("--lora-scale", type=float, default=1.0,
                    help="strength of the LoRA update: 0 = base model, 1 = as trained (default 1)")
+    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                   help=f"dopri5's relative tolerance (default {DEFAULT_RTOL}; other solvers ignore it)")
+    p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                   help=f"dopri5's absolute tolerance (default {DEFAULT_ATOL}; other solvers ignore it)")
     return p
 
 

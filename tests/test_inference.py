@@ -17,6 +17,7 @@ from crossflow.errors import CrossFlowError
 from crossflow.inference import CONFIG_NAME, WEIGHTS_NAME, CrossFlowPipeline, describe, make_grid, to_pil
 from crossflow.models.crossflow import CrossFlowModel
 from crossflow.models.text_encoder import FrozenTextEncoder
+from crossflow.sampling import NFE_PER_STEP, SOLVERS, SolveResult
 
 PROMPTS = ["a small red circle in the top left", "a large blue square"]
 STEPS = 3
@@ -129,6 +130,55 @@ def test_non_positive_steps_raise(pipe: CrossFlowPipeline, steps: int) -> None:
 def test_guidance_below_one_raises(pipe: CrossFlowPipeline) -> None:
     with pytest.raises(CrossFlowError, match="guidance scale"):
         pipe(PROMPTS, num_steps=STEPS, guidance_scale=0.5)
+
+
+def _skip_without_solver(solver: str) -> None:
+    if solver == "dopri5":
+        pytest.importorskip("torchdiffeq", reason="dopri5 needs the optional 'ode' extra (torchdiffeq)")
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_every_solver_samples_reproducibly(pipe: CrossFlowPipeline, reference: torch.Tensor, solver: str) -> None:
+    _skip_without_solver(solver)
+    images = _images(pipe, 0, solver=solver, guidance_scale=2.0)
+    assert images.shape == reference.shape and images.dtype == torch.float32
+    assert torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    assert torch.equal(_images(pipe, 0, solver=solver, guidance_scale=2.0), images)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_generate_latents_reports_the_nfe(pipe: CrossFlowPipeline, solver: str) -> None:
+    _skip_without_solver(solver)
+    z_text = pipe.encode_prompts(PROMPTS, generator=_seed(0))
+    result = pipe.generate_latents(z_text, STEPS, guidance_scale=3.0, solver=solver, return_result=True)
+    assert isinstance(result, SolveResult) and result.x.shape == z_text.shape
+    # With guidance one evaluation is one batched (conditional + unconditional) pass: NFE does not double.
+    if solver in NFE_PER_STEP:
+        assert result.nfe == NFE_PER_STEP[solver] * STEPS and result.num_steps == STEPS
+    else:  # adaptive: its own step count, 6 evaluations per attempted step plus 2 to start
+        assert result.nfe >= 2 + 6 * result.num_steps and result.num_steps > 0
+    assert torch.equal(pipe.generate_latents(z_text, STEPS, guidance_scale=3.0, solver=solver), result.x)
+
+
+def test_bad_solver_arguments_raise(pipe: CrossFlowPipeline) -> None:
+    with pytest.raises(CrossFlowError, match="unknown solver 'rk4'; expected one of euler, midpoint, heun, dopri5"):
+        pipe(PROMPTS, num_steps=STEPS, solver="rk4")  # type: ignore[arg-type]
+    with pytest.raises(CrossFlowError, match="rtol and atol must be positive"):
+        pipe(PROMPTS, num_steps=STEPS, solver="dopri5", rtol=0.0)
+
+
+@pytest.mark.parametrize("solver", ["midpoint", "dopri5"])
+def test_sample_cli_takes_every_solver(saved_dir: Path, tmp_path: Path, solver: str) -> None:
+    from crossflow.sample_cli import build_parser, main
+
+    _skip_without_solver(solver)
+    solver_action = next(a for a in build_parser()._actions if a.dest == "solver")
+    assert tuple(solver_action.choices) == SOLVERS  # type: ignore[arg-type]
+    main([
+        "--ckpt", str(saved_dir), "--prompt", PROMPTS[0], "--num", "2", "--steps", "2", "--solver", solver,
+        "--rtol", "1e-4", "--atol", "1e-4", "--upscale", "1", "--out", str(tmp_path),
+    ])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000.png", "001.png", "grid.png"]
 
 
 def test_save_then_load_gives_same_outputs(

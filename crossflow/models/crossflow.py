@@ -1,20 +1,21 @@
-"""The trainable CrossFlow network: Variational Encoder + flow transformer + alignment head."""
+"""The trainable CrossFlow network: Variational Encoder + flow transformer + alignment head (ModelConfig.kind
+``crossflow``; the noise baseline is models/baseline.py, the shared interface models/flow_model.py)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
 from crossflow import flow
 from crossflow.config import ModelConfig
 from crossflow.models.alignment import ContrastiveAlignment
+from crossflow.models.flow_model import FlowModel, FlowSource, TextCondition
 from crossflow.models.transformer import FlowTransformer
 from crossflow.models.variational import VariationalEncoder
 
 
-class CrossFlowModel(nn.Module):
+class CrossFlowModel(FlowModel):
     """Everything that trains. The frozen text encoder and the codec live outside (they are not saved)."""
 
     def __init__(self, config: ModelConfig, text_dim: int) -> None:
@@ -47,9 +48,40 @@ class CrossFlowModel(nn.Module):
             z = flow.reparameterize(mu, logvar + 2 * math.log(temperature), generator=generator)
         return self.variational.upsample(z)
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
-        """v_θ(x_t, t, indicator), whatever the network predicts (config.prediction)."""
-        out = self.flow(x_t, t, unconditional)
-        if self.config.prediction == "data":
-            return flow.velocity_from_data(out, x_t, t, self.config.sigma_min)
-        return out
+    def source(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+    ) -> FlowSource:
+        """The flow starts at z_text drawn from the VE (paper Sec. 3.1); no condition besides it."""
+        mu, logvar = self.encode_text(tokens, mask)
+        return FlowSource(self.text_latent(mu, logvar, generator=generator, temperature=temperature), mu=mu, logvar=logvar)
+
+    def cfg_targets(self, z_image: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:
+        """Unconditional samples flow to another unconditional sample's image (paper Sec. 3.3)."""
+        return flow.roll_unconditional_targets(z_image, unconditional)
+
+    def velocity(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        unconditional: torch.Tensor | None = None,
+        cond: TextCondition | None = None,
+    ) -> torch.Tensor:
+        """v_θ(x_t, t, indicator), whatever the network predicts (config.prediction). No text condition:
+        CrossFlow's text is in x_t alone (``cond`` must be None)."""
+        if cond is not None:
+            raise ValueError("CrossFlow takes no text condition: its text reaches the flow only through x_t")
+        return self._as_velocity(self.flow(x_t, t, unconditional), x_t, t)
+
+    def auxiliary_losses(self, source: FlowSource, z_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """L_align between z_text and its true image (also for unconditional samples) and the VE's KL (Eq. 3)."""
+        assert source.mu is not None and source.logvar is not None, "a CrossFlow source carries the VE's μ, log σ²"
+        return {"align": self.alignment(source.x0, z_image), "kl": flow.kl_divergence(source.mu, source.logvar)}
+
+    def diagnostics(self, source: FlowSource) -> dict[str, torch.Tensor]:
+        """The VE's mean σ and the spread of μ (is the text latent collapsing to deterministic?)."""
+        assert source.mu is not None and source.logvar is not None
+        return {"sigma_mean": (0.5 * source.logvar.detach()).exp().mean(), "mu_std": source.mu.detach().std()}

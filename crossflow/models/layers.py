@@ -98,6 +98,42 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from the image tokens (queries) to text tokens (keys / values), through SDPA.
+
+    Only the noise baseline's flow blocks have one (``FlowTransformerConfig.cross_attention``); CrossFlow's
+    stay self-attention only (paper Sec. 3.2). The output projection starts at zero (set by the transformer's
+    init), so a block with it starts as the same identity map as without it.
+    """
+
+    def __init__(self, width: int, num_heads: int, qk_norm: bool = True) -> None:
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        head_dim = width // num_heads
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, N, D) queries; context: (B, L, D); context_mask: (B, L) bool, True where the token is real."""
+        q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)
+        k, v = rearrange(self.kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn_mask = None if context_mask is None else context_mask[:, None, None, :]
+        if _needs_math_kernel(q):
+            with sdpa_kernel(SDPBackend.MATH):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
 class MLP(nn.Module):
     """Two-layer GELU MLP."""
 
@@ -132,21 +168,41 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class AdaLNBlock(nn.Module):
-    """DiT block with adaLN-Zero time conditioning (Peebles & Xie 2023, Sec. 3.2): starts as identity."""
+    """DiT block with adaLN-Zero time conditioning (Peebles & Xie 2023, Sec. 3.2): starts as identity.
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+    With ``cross_attention`` a pre-norm cross-attention to text tokens sits between self-attention and the
+    MLP (PixArt-α, Chen et al. 2023, Sec. 2.3): the noise baseline's text path. Without it (CrossFlow) the
+    block, its parameters and its forward are exactly the plain DiT block.
+    """
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, num_heads)
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(width, eps=1e-6)
+            self.cross_attn = CrossAttention(width, num_heads)
+        else:
+            self.cross_attn = None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(width, mlp_ratio)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if self.cross_attn is not None:
+            if context is None:
+                raise ValueError("this block cross-attends to text tokens: pass context")
+            x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -165,3 +221,18 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class PixelHead(nn.Module):
+    """Feature map (B, N, H, W) -> output (B, C, H, W) by conv3×3 -> GELU -> conv3×3; the last conv starts at
+    zero, so the untrained model predicts v = 0 as with the plain final layer."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.gelu(self.conv1(x)))

@@ -1,7 +1,9 @@
 """The plain flow transformer: self-attention only, no cross-attention, no text input.
 
 Text reaches it only through x_t (paper Sec. 3.2); classifier-free guidance is signalled by a learned
-*indicator token* prepended to the patch tokens (paper Sec. 3.3).
+*indicator token* prepended to the patch tokens (paper Sec. 3.3). The noise→image baseline
+(models/baseline.py) reuses the same body and adds its text through the optional ``pooled`` / ``context``
+inputs of :meth:`FlowTransformer.forward` (and cross-attention blocks, ``FlowTransformerConfig.cross_attention``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from crossflow.models.layers import (
     AdaLNBlock,
     FinalLayer,
+    PixelHead,
     TimestepEmbedder,
     patchify,
     sincos_pos_embed_2d,
@@ -40,6 +43,13 @@ class FlowTransformerConfig:
     """Attention heads (head dim = width / num_heads)."""
     mlp_ratio: float = 4.0
     """MLP hidden size as a multiple of width."""
+    pixel_head: int = 0
+    """0: the final linear writes each patch's latent values (DiT). N > 0: it writes N feature channels per
+    latent position instead, and two 3×3 convolutions turn them into the output, so detail finer than a
+    patch (a small shape's corners) is drawn by layers that see across patch borders."""
+    cross_attention: bool = False
+    """Give every block a cross-attention to text tokens (``context`` in :meth:`FlowTransformer.forward`). Only
+    the noise baseline sets it (models/baseline.py); CrossFlow's blocks stay self-attention only."""
 
     @property
     def num_patches(self) -> int:
@@ -79,8 +89,12 @@ class FlowTransformer(nn.Module):
         # Row 0: conditional, row 1: unconditional (the CFG indicator of paper Sec. 3.3).
         self.indicator_embed = nn.Embedding(2, d)
         self.time_embed = TimestepEmbedder(d)
-        self.blocks = nn.ModuleList(AdaLNBlock(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
-        self.final = FinalLayer(d, c * p * p)
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(d, config.num_heads, config.mlp_ratio, cross_attention=config.cross_attention)
+            for _ in range(config.depth)
+        )
+        self.final = FinalLayer(d, (config.pixel_head or c) * p * p)
+        self.pixel_head = PixelHead(config.pixel_head, c) if config.pixel_head else None
         # Recompute each block's activations in backward instead of storing them (crossflow.parallel sets it).
         self.activation_checkpointing = False
         self._init_weights()
@@ -88,7 +102,11 @@ class FlowTransformer(nn.Module):
     def _init_weights(self) -> None:
         # adaLN-zero layers stay at zero. Named structurally, not by their values, so the model can be
         # built on the meta device (FSDP2 / parameter counting) where values cannot be read.
-        keep_zero = {block.ada[1] for block in self.blocks} | {self.final.ada[1], self.final.linear}
+        keep_zero = {block.ada[1] for block in self.blocks} | {self.final.ada[1]}
+        # Cross-attention outputs start at zero too: each block starts as the identity, text or not.
+        keep_zero |= {block.cross_attn.proj for block in self.blocks if block.cross_attn is not None}
+        if self.pixel_head is None:  # else the head's last conv is the zero-initialised output layer
+            keep_zero.add(self.final.linear)
         for module in self.modules():
             if isinstance(module, nn.Linear) and module not in keep_zero:
                 nn.init.xavier_uniform_(module.weight)
@@ -97,8 +115,23 @@ class FlowTransformer(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t: (B, C, H, W); t: (B,) in [0, 1]; unconditional: (B,) bool (None = all conditional)."""
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        unconditional: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_t: (B, C, H, W); t: (B,) in [0, 1]; unconditional: (B,) bool (None = all conditional).
+
+        The noise baseline's text enters through the optional rest (CrossFlow passes none of them):
+        ``pooled`` (B, D) is added to the time embedding that drives every adaLN; ``context`` (B, L, D) with
+        ``context_mask`` (B, L) is what the blocks cross-attend to (``config.cross_attention`` only).
+        """
+        if (context is not None) != self.config.cross_attention:
+            raise ValueError("context must be given exactly when the transformer has cross-attention blocks")
         cfg = self.config
         b = x_t.shape[0]
         if unconditional is None:
@@ -107,10 +140,15 @@ class FlowTransformer(nn.Module):
         indicator = self.indicator_embed(unconditional.long())[:, None]
         h = torch.cat([indicator, tokens], dim=1)
         c = self.time_embed(t)
+        if pooled is not None:
+            c = c + pooled
         for block in self.blocks:
+            args = (h, c) if context is None else (h, c, context, context_mask)
             if self.activation_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, c, use_reentrant=False)
+                h = checkpoint(block, *args, use_reentrant=False)
             else:
-                h = block(h, c)
+                h = block(*args)
         out = self.final(h[:, 1:], c)
-        return unpatchify(out, cfg.patch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
+        if self.pixel_head is None:
+            return unpatchify(out, cfg.patch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
+        return self.pixel_head(unpatchify(out, cfg.patch_size, cfg.pixel_head, cfg.input_size, cfg.input_size))

@@ -43,6 +43,17 @@ def test_untrained_model_predicts_exactly_zero() -> None:
     assert torch.all(out == 0)
 
 
+def test_pixel_head_starts_at_zero_and_every_layer_learns() -> None:
+    torch.manual_seed(0)
+    model = FlowTransformer(_tiny_config(pixel_head=8))
+    x = torch.randn(2, 3, 8, 8)
+    assert model(x, torch.rand(2)).shape == x.shape and torch.all(model(x, torch.rand(2)) == 0)
+    before = {k: v.clone() for k, v in model.pixel_head.state_dict().items()}
+    _train_steps(model, 3)  # the zero last conv must not leave the layers before it without gradient
+    assert all(not torch.equal(before[k], v) for k, v in model.pixel_head.state_dict().items())
+    assert model(x, torch.rand(2)).abs().sum() > 0
+
+
 def test_one_optimizer_step_makes_output_nonzero() -> None:
     torch.manual_seed(0)
     model = FlowTransformer(_tiny_config())
