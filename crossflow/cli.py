@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 from typing import Any
 
@@ -19,19 +18,8 @@ from crossflow.datamodule import ShardDataModule
 from crossflow.errors import exit_on_user_error
 from crossflow.lit_module import CrossFlowLitModule
 from crossflow.preemption import Preemption
+from crossflow.provenance import git_sha
 from crossflow.strategies import AtomicCheckpointIO
-
-
-def git_sha() -> str | None:
-    """The current commit of the source tree (None outside a git checkout)."""
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class RunInfo(pl.Callback):

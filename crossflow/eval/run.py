@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +54,7 @@ from crossflow.inference import (
     make_grid,
     to_pil,
 )
+from crossflow.provenance import git_sha
 
 HOLDOUT_SEED_OFFSET = 1000
 """Held-out prompts for entry i come from seed + 1000 + i, apart from the seen prompts' stream."""
@@ -289,18 +288,6 @@ def distribution_scores(
 
 
 # ------------------------------------------------------------------------------------------------ command
-
-
-def git_sha() -> str | None:
-    """The source tree's commit (``-dirty`` with local changes); None outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
 
 
 def _jsonable(value: Any) -> Any:
