@@ -30,7 +30,7 @@ class ModelConfig:
     variational: VariationalEncoderConfig = field(default_factory=VariationalEncoderConfig)
     """The Variational Encoder (tokens -> μ, log σ²)."""
     preset: str = "tiny"
-    """Flow transformer size: tiny, small, base, large or xl (see models/transformer.py PRESETS)."""
+    """Flow transformer size: micro, tiny, small, base, large or xl (see models/transformer.py PRESETS)."""
     patch_size: int = 4
     """Latent patch side for the flow transformer."""
     alignment_dim: int = 256

@@ -8,12 +8,13 @@ validation splits samples over slots in a fixed order (see :mod:`crossflow.data.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import warnings
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,6 +24,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from crossflow.data.pipeline import ShardStream, count_shards, expand_shards, is_local, read_shard
 from crossflow.data.plan import dist_rank_world
 from crossflow.errors import CrossFlowError
+
+GENERATION_RECORD = "generated.json"
+"""Written beside generated shapes shards: the generation settings, checked when the folder is reused."""
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ class ShapesGeneration:
     """Generator seed for training shards (validation uses seed + 1; evaluation prompts use another)."""
     samples_per_shard: int = 5000
     """Samples per tar shard."""
+    holdout: list[dict[str, str]] = field(default_factory=list)
+    """Attribute combinations never generated, e.g. ``[{color: green, shape: triangle}]`` (compositional
+    generalisation; configs/data/holdout_combos.yaml). Applies to train and validation shards alike."""
 
 
 class TrainLoader(StatefulDataLoader):
@@ -94,7 +101,7 @@ class ShardDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train_shards: str,
+        train_shards: str | list[str],
         val_shards: str | None = None,
         image_size: int = 32,
         batch_size: int = 64,
@@ -107,7 +114,8 @@ class ShardDataModule(pl.LightningDataModule):
     ) -> None:
         """
         Args:
-            train_shards: Shard folder, glob or brace pattern (``data/shapes/train/shapes-{000000..000007}.tar``).
+            train_shards: Shard folder, glob or brace pattern (``data/shapes/train/shapes-{000000..000007}.tar``),
+                or a list of them (e.g. your data and a replay subset of the pre-training data).
             val_shards: Same for validation; None disables the validation loss.
             image_size: Images are decoded (and resized/cropped if needed) to S×S.
             batch_size: Per-device batch size.
@@ -144,13 +152,28 @@ class ShardDataModule(pl.LightningDataModule):
         for shards, num, seed in ((self.train_shards, gen.num_train, gen.seed), (self.val_shards, gen.num_val, gen.seed + 1)):
             if shards is None:
                 continue
-            if not (os.path.isdir(shards) or not os.path.exists(shards)):
+            if not isinstance(shards, str) or not (os.path.isdir(shards) or not os.path.exists(shards)):
                 raise CrossFlowError(f"generate_shapes needs shard *folders*, got {shards!r}")
+            # What was generated is recorded beside the shards, so a folder written with other settings (another
+            # holdout, say) is refused instead of silently trained on.
+            wanted = {"num": num, "seed": seed, "image_size": self.image_size, "holdout": gen.holdout}
+            record = os.path.join(shards, GENERATION_RECORD)
             if os.path.isdir(shards) and any(f.endswith(".tar") for f in os.listdir(shards)):
+                if os.path.exists(record):
+                    with open(record) as f:
+                        found = json.load(f)
+                    if found != wanted:
+                        raise CrossFlowError(
+                            f"{shards} holds shapes shards generated with {found}, but generate_shapes asks for "
+                            f"{wanted}; point data.*_shards at another folder or delete this one"
+                        )
                 continue
             from crossflow.data.shards import write_shapes_shards
 
-            write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard, image_size=self.image_size)
+            write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard,
+                                image_size=self.image_size, holdout=gen.holdout)
+            with open(record, "w") as f:
+                json.dump(wanted, f)
 
     def setup(self, stage: str | None = None) -> None:
         """Check the shards against the world size and count them: every problem surfaces here, at start-up."""

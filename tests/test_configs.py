@@ -43,3 +43,17 @@ def test_image_size_is_linked_not_repeated() -> None:
     """data.image_size follows model.model.codec.image_size (derived sizes are never repeated in YAML)."""
     for config in CONFIGS:
         assert "image_size" not in Path(config).read_text().split("\ndata:")[1], config
+
+
+DATA_OVERLAYS = sorted(str(p) for p in (CONFIG_DIR / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("base", ["demo.yaml", "baseline_demo.yaml"])
+@pytest.mark.parametrize("overlay", DATA_OVERLAYS, ids=[Path(c).name for c in DATA_OVERLAYS])
+def test_data_overlay_parses(base: str, overlay: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """configs/data/*.yaml are second ``--config`` files on top of a model config."""
+    with pytest.raises(SystemExit) as exc:
+        train_main(["fit", "--config", str(CONFIG_DIR / base), "--config", overlay, "--print_config"])
+    assert exc.value.code == 0
+    printed = capsys.readouterr().out
+    assert "holdout:" in printed and "shapes_holdout" in printed and "triangle" in printed

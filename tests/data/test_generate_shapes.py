@@ -1,0 +1,51 @@
+"""The datamodule's generate_shapes: held-out combinations, and a folder from other settings refused."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from crossflow.data.pipeline import expand_shards
+from crossflow.datamodule import GENERATION_RECORD, ShapesGeneration, ShardDataModule
+from crossflow.errors import CrossFlowError
+
+HOLDOUT = [{"color": "green", "shape": "triangle"}, {"size": "small", "shape": "square"}]
+
+
+def _module(root: Path, holdout: list[dict[str, str]], num_train: int = 300) -> ShardDataModule:
+    gen = ShapesGeneration(num_train=num_train, num_val=20, seed=3, samples_per_shard=200, holdout=holdout)
+    return ShardDataModule(str(root / "train"), str(root / "val"), image_size=16, generate_shapes=gen)
+
+
+def test_holdout_combinations_are_never_generated(tmp_path: Path) -> None:
+    _module(tmp_path, HOLDOUT).prepare_data()
+    attrs = []
+    for url in expand_shards(str(tmp_path / "train")):
+        with tarfile.open(url) as tar:
+            attrs += [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(attrs) == 300
+    assert not any(a["color"] == "green" and a["shape"] == "triangle" for a in attrs)
+    assert not any(a["size"] == "small" and a["shape"] == "square" for a in attrs)
+    # every word still occurs: only the combinations are missing
+    assert any(a["color"] == "green" for a in attrs) and any(a["shape"] == "triangle" for a in attrs)
+    assert any(a["size"] == "small" for a in attrs) and any(a["shape"] == "square" for a in attrs)
+    record = json.loads((tmp_path / "train" / GENERATION_RECORD).read_text())
+    assert record == {"num": 300, "seed": 3, "image_size": 16, "holdout": HOLDOUT}
+
+
+def test_same_settings_reuse_the_folder(tmp_path: Path) -> None:
+    _module(tmp_path, HOLDOUT).prepare_data()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "train").iterdir()}
+    _module(tmp_path, HOLDOUT).prepare_data()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "train").iterdir()} == before
+
+
+@pytest.mark.parametrize("change", ["holdout", "num"])
+def test_a_folder_generated_otherwise_is_refused(tmp_path: Path, change: str) -> None:
+    _module(tmp_path, HOLDOUT).prepare_data()
+    other = _module(tmp_path, [] if change == "holdout" else HOLDOUT, num_train=300 if change == "holdout" else 400)
+    with pytest.raises(CrossFlowError, match="generated with"):
+        other.prepare_data()
