@@ -30,6 +30,7 @@ from crossflow.finetune import (
     merge_lora,
     state_dict_mismatch,
 )
+from crossflow.models.alignment import upgrade_legacy_state
 from crossflow.models.codec import Codec, build_codec
 from crossflow.models.flow_model import FlowModel, FlowSource, TextCondition, build_model
 from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
@@ -91,7 +92,13 @@ def _read_sharded_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, di
 
 def _read_checkpoint(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor], LoraSpec | None]:
     """(config, state dict of the flow model, LoRA spec of its adapters or None) from a folder, a .safetensors
-    file or a Lightning checkpoint. The state dict of a LoRA run carries its (unmerged) adapters."""
+    file or a Lightning checkpoint. The state dict of a LoRA run carries its (unmerged) adapters. Tensors saved
+    in an older layout are brought to the current one here, before any shape check compares them."""
+    config, state, spec = _read_checkpoint_as_saved(path, use_ema)
+    return config, upgrade_legacy_state(state), spec
+
+
+def _read_checkpoint_as_saved(path: Path, use_ema: bool) -> tuple[ModelConfig, dict[str, torch.Tensor], LoraSpec | None]:
     from crossflow.checkpoint import is_sharded_checkpoint
 
     if path.is_dir() and is_sharded_checkpoint(path):

@@ -234,6 +234,21 @@ def test_lightning_style_checkpoint_loads_ema_weights(
     assert all(torch.all(v == 0) for v in raw.model.state_dict().values())
 
 
+def test_checkpoint_with_the_old_scalar_logit_scale_loads(
+    pipe: CrossFlowPipeline, tmp_path: Path, reference: torch.Tensor
+) -> None:
+    """Checkpoints from before logit_scale became (1,) (for FSDP2) pass the shape check and load."""
+    state = {k: v.clone() for k, v in pipe.model.state_dict().items()}
+    keys = [k for k in state if k.endswith("logit_scale")]
+    assert keys and all(state[k].shape == (1,) for k in keys)
+    for k in keys:
+        state[k] = state[k].reshape(())
+    torch.save({"crossflow": {"config": pipe.config.to_dict()}, "ema_state_dict": state}, tmp_path / "old.ckpt")
+    loaded = CrossFlowPipeline.from_pretrained(tmp_path / "old.ckpt")
+    assert all(loaded.model.state_dict()[k].shape == (1,) for k in keys)
+    assert torch.equal(_images(loaded, 0), reference)
+
+
 def test_missing_path_raises(tmp_path: Path) -> None:
     with pytest.raises(CrossFlowError, match="checkpoint not found"):
         CrossFlowPipeline.from_pretrained(tmp_path / "nope")

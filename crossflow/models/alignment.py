@@ -59,6 +59,18 @@ class ImageFeatureEncoder(nn.Module):
         return self.proj(self.net(z_image).mean(dim=(2, 3)))
 
 
+def upgrade_legacy_state(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Bring alignment tensors saved in an older layout to the current one, in place; returns ``state``.
+
+    ``logit_scale`` was a 0-d parameter before it became (1,) for FSDP2. With ``prefix`` only that module's key
+    is looked at (the load hook); without, every ``*logit_scale`` of a whole model's state dict (checkpoint
+    readers, before they compare shapes)."""
+    for key in [k for k in state if (k == prefix + "logit_scale" if prefix else k.endswith("logit_scale"))]:
+        if state[key].ndim == 0:
+            state[key] = state[key].reshape(1)
+    return state
+
+
 class ContrastiveAlignment(nn.Module):
     """L_align(z_text, z_image): project flattened z_text and image features to a shared space, InfoNCE."""
 
@@ -71,9 +83,7 @@ class ContrastiveAlignment(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / init_temperature)))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        key = prefix + "logit_scale"
-        if key in state_dict and state_dict[key].ndim == 0:  # checkpoints from before the (1,) shape
-            state_dict[key] = state_dict[key].reshape(1)
+        upgrade_legacy_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, z_text: torch.Tensor, z_image: torch.Tensor) -> torch.Tensor:
