@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, so the package's "torch>=" requirement never pulls another (multi-GB CUDA) build
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[demo,dev,vae,ode]"
+	$(PY) -m pip install -q -e ".[demo,dev,vae,ode,plot]"
 	@touch $@
 
 demo: setup
