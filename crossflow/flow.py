@@ -37,6 +37,23 @@ def target_velocity(z_text: torch.Tensor, z_image: torch.Tensor, sigma_min: floa
     return z_image - (1 - sigma_min) * z_text
 
 
+def split_velocity(
+    x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor | float, sigma_min: float = SIGMA_MIN
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two endpoints a velocity prediction implies at x_t: (ẑ_image, ẑ_text), the exact inverse of
+    :func:`path_sample` / :func:`target_velocity`.
+
+    With k = 1 − σ_min, x_t = t·z_image + (1 − k·t)·z_text and v = z_image − k·z_text, so
+    x_t − t·v = t·z_image + z_text − k·t·z_text − t·z_image + k·t·z_text = z_text, and then
+    z_image = v + k·z_text. Both are linear and well conditioned for every t ∈ [0, 1] (no division),
+    so they hold for any velocity, exact or predicted.
+    """
+    t = _expand(t if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=x_t.dtype, device=x_t.device), x_t)
+    z_text_hat = x_t - t * v
+    z_image_hat = v + (1 - sigma_min) * z_text_hat
+    return z_image_hat, z_text_hat
+
+
 def velocity_from_data(
     x_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sigma_min: float = SIGMA_MIN, min_gap: float = 0.05
 ) -> torch.Tensor:

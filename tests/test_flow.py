@@ -69,6 +69,24 @@ def test_following_target_from_text_latent_reaches_path_end() -> None:
     )
 
 
+@pytest.mark.parametrize("sigma_min", [SIGMA_MIN, 0.0, 0.1])
+def test_split_velocity_inverts_path_and_target(sigma_min: float) -> None:
+    z_text, z_image = _latents()
+    t = torch.rand(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t[0], t[-1] = 0.0, 1.0  # both ends too: the split has no division, so no end is singular
+    x_t = flow.path_sample(z_text, z_image, t, sigma_min)
+    v = flow.target_velocity(z_text, z_image, sigma_min)
+    z_image_hat, z_text_hat = flow.split_velocity(x_t, v, t, sigma_min)
+    torch.testing.assert_close(z_text_hat, z_text, rtol=0, atol=1e-12)
+    torch.testing.assert_close(z_image_hat, z_image, rtol=0, atol=1e-12)
+    # And back: the recovered pair gives the same point and velocity (any v, not only the true one).
+    v_any = torch.randn_like(v)
+    z_image_hat, z_text_hat = flow.split_velocity(x_t, v_any, 0.3, sigma_min)  # a scalar t broadcasts
+    torch.testing.assert_close(flow.path_sample(z_text_hat, z_image_hat, torch.full((4,), 0.3, dtype=torch.float64),
+                                                sigma_min), x_t, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flow.target_velocity(z_text_hat, z_image_hat, sigma_min), v_any, rtol=0, atol=1e-12)
+
+
 def test_velocity_from_a_perfect_data_prediction_is_the_target() -> None:
     z_text, z_image = _latents()
     t = torch.tensor([0.0, 0.3, 0.7, 0.95], dtype=torch.float64)
