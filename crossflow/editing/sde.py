@@ -508,17 +508,28 @@ def invert_image(
     if isinstance(images_or_latents, torch.Tensor):
         latents = _latents(pipe, images_or_latents)
     else:
-        latents = pipe.codec.encode(_pil_batch(images_or_latents).to(pipe.device)).float()
+        latents = encode_images(pipe, images_or_latents)
     with _eval(pipe):
         return invert_ode(pipe.velocity_fn(guidance_scale), latents, num_steps, solver=solver)
 
 
-def _pil_batch(images: Sequence[Image.Image]) -> torch.Tensor:
+def _pil_batch(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     """PIL images -> (B, 3, S, S) in [0, 1] (the inverse of ``inference.to_pil`` up to 8-bit rounding)."""
     if not images:
-        raise CrossFlowError("no images to invert")
+        raise CrossFlowError("no images given")
+    for im in images:
+        if im.size != (size, size):
+            raise CrossFlowError(f"image is {im.size[0]}x{im.size[1]} but the model draws {size}x{size}; "
+                                 "resize it first (crossflow prepare does, for training data)")
     arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def encode_images(pipe: CrossFlowPipeline, images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images of the model's size -> image latents (B, C, H, W) through ``pipe.codec`` (the edit sources)."""
+    batch = _pil_batch(images, pipe.config.codec.image_size).to(pipe.device)
+    return pipe.codec.encode(batch).float()
 
 
 @torch.no_grad()

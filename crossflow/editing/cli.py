@@ -1,0 +1,228 @@
+"""``crossflow edit <verb>``: move through a CrossFlow model's text-latent space from the command line.
+
+    crossflow edit interpolate --ckpt CKPT --a "a small red circle" --b "a small blue circle" --frames 11
+    crossflow edit arithmetic  --ckpt CKPT --expr "a red circle + a square - a circle" --seeds 8
+    crossflow edit invert      --ckpt CKPT --image img.png                # image -> z_text -> image again
+    crossflow edit sdedit      --ckpt CKPT --image img.png --prompt "a green square" --t0 0.5 --method sde
+    crossflow edit cycle       --ckpt CKPT --image img.png --source-prompt "a red square" --target-prompt "a blue square"
+    crossflow edit sigma       --ckpt CKPT --prompt "a red circle"       # is there noise in the VE to use?
+
+Every verb writes PNGs (and JSON where there are numbers) to ``--out`` and prints what it wrote. The library
+behind it: crossflow/editing/latent_ops.py (posteriors, interpolation, arithmetic) and crossflow/editing/sde.py
+(SDE sampling, inversion, cycle-consistent encoding, SDEdit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from crossflow.editing import latent_ops, sde
+from crossflow.errors import CrossFlowError, exit_on_user_error
+from crossflow.inference import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_STEPS,
+    CrossFlowPipeline,
+    make_grid,
+    to_pil,
+)
+
+
+def _pipe(args: argparse.Namespace) -> CrossFlowPipeline:
+    return CrossFlowPipeline.from_pretrained(args.ckpt, device=args.device)
+
+
+def _generator(args: argparse.Namespace) -> torch.Generator:
+    return torch.Generator(device=args.device).manual_seed(args.seed)
+
+
+def _out(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _images(paths: list[str]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise CrossFlowError(f"image not found: {path}")
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except OSError as err:
+            raise CrossFlowError(f"cannot read image {path}: {err}") from None
+    return images
+
+
+def _save_row(images: torch.Tensor, path: Path) -> Path:
+    make_grid(to_pil(images), columns=len(images)).save(path)
+    return path
+
+
+def _decode(pipe: CrossFlowPipeline, latents: torch.Tensor) -> torch.Tensor:
+    return pipe.codec.decode(latents).float().cpu()
+
+
+def cmd_interpolate(args: argparse.Namespace) -> dict[str, Any]:
+    pipe, out = _pipe(args), _out(args)
+    frames = latent_ops.interpolate(pipe, args.a, args.b, num_frames=args.frames, mode=args.mode, naive=args.naive,
+                                    num_steps=args.steps, guidance_scale=args.cfg_scale, generator=_generator(args))
+    latent_ops.save_strip(frames, out / "strip.png")
+    latent_ops.save_gif(frames, out / "interpolation.gif")
+    return {"frames": args.frames, "mode": args.mode, "naive": args.naive,
+            "adjacent_l2": [round(float(d), 4) for d in latent_ops.adjacent_distances(frames)],
+            "smoothness_ratio (max / median adjacent L2)": round(latent_ops.smoothness_ratio(frames), 4),
+            "files": ["strip.png", "interpolation.gif"]}
+
+
+def cmd_arithmetic(args: argparse.Namespace) -> dict[str, Any]:
+    pipe, out = _pipe(args), _out(args)
+    images = latent_ops.arithmetic(pipe, args.expr, num_seeds=args.seeds, num_steps=args.steps,
+                                   guidance_scale=args.cfg_scale, generator=_generator(args),
+                                   restandardise=not args.no_restandardise)
+    _save_row(images, out / "arithmetic.png")
+    return {"expression": args.expr, "terms": latent_ops.parse_expression(args.expr), "seeds": args.seeds,
+            "files": ["arithmetic.png"]}
+
+
+def cmd_invert(args: argparse.Namespace) -> dict[str, Any]:
+    images = _images(args.image)  # before the slow model load
+    pipe, out = _pipe(args), _out(args)
+    source = sde.encode_images(pipe, images)
+    z_text = sde.invert_image(pipe, source, num_steps=args.steps, guidance_scale=args.cfg_scale, solver=args.solver)
+    recon = pipe.generate_latents(z_text, num_steps=args.steps, guidance_scale=args.cfg_scale,
+                                  solver="heun" if args.solver == "heun" else "euler")
+    _save_row(torch.cat([_decode(pipe, source), _decode(pipe, recon)]), out / "source_and_reconstruction.png")
+    from safetensors.torch import save_file
+
+    save_file({"z_text": z_text.contiguous().cpu()}, str(out / "z_text.safetensors"))
+    mse = ((recon.float() - source) ** 2).mean(dim=(1, 2, 3))
+    return {"latent_mse_per_image": [float(m) for m in mse], "steps": args.steps, "solver": args.solver,
+            "files": ["source_and_reconstruction.png", "z_text.safetensors"]}
+
+
+def cmd_sdedit(args: argparse.Namespace) -> dict[str, Any]:
+    images = _images(args.image)  # before the slow model load
+    pipe, out = _pipe(args), _out(args)
+    source = sde.encode_images(pipe, images)
+    prompts = args.prompt * len(source) if len(args.prompt) == 1 else args.prompt
+    edited = sde.edit_sdedit(pipe, source, prompts, args.t0, method=args.method, rho=args.rho,
+                             guidance_scale=args.cfg_scale, generator=_generator(args), num_steps=args.steps)
+    _save_row(torch.cat([_decode(pipe, source), _decode(pipe, edited)]), out / "source_and_edit.png")
+    return {"prompts": prompts, "t0": args.t0, "method": args.method, "rho": args.rho,
+            "files": ["source_and_edit.png"]}
+
+
+def cmd_cycle(args: argparse.Namespace) -> dict[str, Any]:
+    images = _images(args.image)  # before the slow model load
+    pipe, out = _pipe(args), _out(args)
+    source = sde.encode_images(pipe, images)
+    n = len(source)
+    src = args.source_prompt * n if len(args.source_prompt) == 1 else args.source_prompt
+    tgt = args.target_prompt * n if len(args.target_prompt) == 1 else args.target_prompt
+    edited = sde.cycle_edit(pipe, source, src, tgt, rho=args.rho, num_steps=args.steps,
+                            guidance_scale=args.cfg_scale, generator=_generator(args))
+    _save_row(torch.cat([_decode(pipe, source), _decode(pipe, edited)]), out / "source_and_edit.png")
+    return {"source_prompts": src, "target_prompts": tgt, "rho": args.rho, "files": ["source_and_edit.png"]}
+
+
+def cmd_sigma(args: argparse.Namespace) -> dict[str, Any]:
+    pipe = _pipe(args)
+    return latent_ops.sigma_stats(latent_ops.text_posterior(pipe, args.prompt))
+
+
+def _common(p: argparse.ArgumentParser, steps: int = DEFAULT_NUM_STEPS, cfg: float = DEFAULT_GUIDANCE_SCALE) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt, sharded folder, .safetensors or saved folder)")
+    p.add_argument("--out", default="runs/edit", help="output folder (default runs/edit)")
+    p.add_argument("--steps", type=int, default=steps, help=f"solver steps (default {steps})")
+    p.add_argument("--cfg-scale", type=float, default=cfg, help=f"guidance scale (default {cfg})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossflow edit", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    commands: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {}
+
+    def verb(name: str, fn: Callable[[argparse.Namespace], dict[str, Any]], help: str, **kw: Any) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help)
+        _common(p, **kw)
+        p.set_defaults(fn=fn)
+        commands[name] = fn
+        return p
+
+    p = verb("interpolate", cmd_interpolate, "frames between two prompts (shared noise), PNG strip + GIF")
+    p.add_argument("--a", required=True, help="first prompt")
+    p.add_argument("--b", required=True, help="second prompt")
+    p.add_argument("--frames", type=int, default=11)
+    p.add_argument("--mode", choices=["lerp", "slerp"], default="lerp", help="how the VE means are blended")
+    p.add_argument("--naive", action="store_true", help="lerp two independent z_text draws instead (the baseline)")
+
+    p = verb("arithmetic", cmd_arithmetic, "z = sum of weighted VE means, e.g. 'a red circle + a square - a circle'")
+    p.add_argument("--expr", required=True, help="terms joined by + / -, optional weights: '0.5*a red circle'")
+    p.add_argument("--seeds", type=int, default=8, help="images of the result (default 8)")
+    p.add_argument("--no-restandardise", action="store_true", help="keep the raw sum's scale")
+
+    p = verb("invert", cmd_invert, "image -> z_text by the ODE backwards, then forward again", cfg=1.0)
+    p.add_argument("--image", nargs="+", required=True, help="image file(s) at the model's resolution")
+    p.add_argument("--solver", choices=["euler", "heun"], default="euler")
+
+    p = verb("sdedit", cmd_sdedit, "SDEdit: start at x_t0 = (1 - t0) z_text(prompt) + t0 z_image(source)")
+    p.add_argument("--image", nargs="+", required=True)
+    p.add_argument("--prompt", nargs="+", required=True, help="the new prompt (one, or one per image)")
+    p.add_argument("--t0", type=float, default=0.5, help="how much of the source to keep (0: none, 1: all)")
+    p.add_argument("--method", choices=["ode", "sde"], default="sde")
+    p.add_argument("--rho", type=float, default=sde.DEFAULT_RHO, help="SDE: fraction of noise re-drawn per step")
+
+    p = verb("cycle", cmd_cycle, "cycle-consistent edit: encode under the source prompt, replay under the target")
+    p.add_argument("--image", nargs="+", required=True)
+    p.add_argument("--source-prompt", nargs="+", required=True)
+    p.add_argument("--target-prompt", nargs="+", required=True)
+    p.add_argument("--rho", type=float, default=sde.DEFAULT_RHO)
+
+    p = verb("sigma", cmd_sigma, "the VE posterior's σ statistics for prompts (how much noise there is to edit with)")
+    p.add_argument("--prompt", nargs="+", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error():
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """One verb, already parsed."""
+    if args.steps <= 0:
+        raise CrossFlowError(f"--steps must be positive, got {args.steps}")
+    if not Path(args.ckpt).exists():
+        raise CrossFlowError(f"checkpoint not found: {args.ckpt}")
+    # Cheap checks before the model loads (the library checks again, for Python callers).
+    if getattr(args, "t0", 0.0) < 0 or getattr(args, "t0", 0.0) > 1:
+        raise CrossFlowError(f"--t0 must be in [0, 1], got {args.t0}")
+    if not 0 <= getattr(args, "rho", 0.0) <= 1:
+        raise CrossFlowError(f"--rho must be in [0, 1], got {args.rho}")
+    if getattr(args, "frames", 2) < 2:
+        raise CrossFlowError(f"--frames must be at least 2, got {args.frames}")
+    if getattr(args, "seeds", 1) < 1:
+        raise CrossFlowError(f"--seeds must be positive, got {args.seeds}")
+    if args.verb == "arithmetic":
+        latent_ops.parse_expression(args.expr)
+    result = args.fn(args)
+    if args.verb != "sigma":
+        out = _out(args)
+        (out / f"{args.verb}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {', '.join(str(out / f) for f in result['files'])} and {out / (args.verb + '.json')}")
+    print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
