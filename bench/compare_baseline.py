@@ -10,12 +10,13 @@ Runs whose checkpoints exist are reused, so an interrupted bench continues. Trai
 processes: ``--stage train --only crossflow-tiny`` in one shell, ``--only baseline-tiny`` in another.
 About 2 hours on 2 CPU cores.
 
-Run: python bench/compare_baseline.py [--workdir runs/bench_compare] [--steps 4000] [--stage all|train|eval]
+Run: python bench/compare_baseline.py [--workdir runs/bench_compare] [--steps 2000] [--stage all|train|eval]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -66,17 +67,26 @@ def train_model(work: Path, name: str, steps: int) -> Path:
 
 
 def eval_model(work: Path, name: str, guidance: float, args: argparse.Namespace) -> dict:
-    """``crossflow eval`` of one model at one guidance scale (50 Euler steps, bf16), its report reused if present."""
+    """``crossflow eval`` of one model at one guidance scale (50 Euler steps), its report reused if present."""
     out = work / "eval" / f"{name}_g{guidance}"
     report = out / "report.json"
     if not report.exists():
         from crossflow.eval.run import run_eval
 
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast("cpu", torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext():
             run_eval(str(work / name / "checkpoints" / "last.ckpt"), str(out), num=args.num,
                      holdout=holdout_specs(), num_holdout=args.num_holdout, cfg_scale=guidance,
                      diversity_prompts=args.diversity_prompts, diversity_seeds=8, progress=False)
     return json.loads(report.read_text())
+
+
+def training_precision(work: Path) -> str:
+    """The precision the runs trained in, from their resolved configs (the CLI turns bf16 into fp32 on CPUs that
+    only emulate bf16)."""
+    import yaml
+
+    found = {str(yaml.safe_load((work / name / "config.yaml").read_text())["trainer"]["precision"]) for name in MODELS}
+    return " / ".join(sorted(found))
 
 
 def param_count(ckpt: Path) -> float:
@@ -125,7 +135,7 @@ def run_sweep(work: Path, args: argparse.Namespace) -> dict:
             "--ckpt", f"crossflow={work / 'crossflow-tiny' / 'checkpoints' / 'last.ckpt'}",
             "--ckpt", f"baseline={work / 'baseline-tiny' / 'checkpoints' / 'last.ckpt'}",
             "--solvers", "euler", "heun", "midpoint", "dopri5", "--steps", "1", "2", "4", "8", "16", "32", "50",
-            "--cfg-scales", str(args.guidance), "--num", str(args.sweep_num), "--precision", "bf16",
+            "--cfg-scales", str(args.guidance), "--num", str(args.sweep_num), "--precision", args.precision,
             "--out", str(out),
         ])
     docs_png = ROOT / "docs" / "sweep_solvers.png"
@@ -158,13 +168,13 @@ def evaluate(work: Path, args: argparse.Namespace) -> None:
     sweep = run_sweep(work, args)
     body = f"""Both models: the same shapes shards ({OVERLAY}: 20,000 training samples, green triangles and small
 magenta squares never shown), flow-transformer preset, AdamW (lr 1e-3, 200 warm-up steps, cosine to 0.1x), batch 64,
-{args.steps} steps, EMA 0.999, bf16 autocast; CrossFlow is configs/demo.yaml (VE text latent -> image, alignment
+{args.steps} steps, EMA 0.999, trained in {training_precision(work)}; CrossFlow is configs/demo.yaml (VE text latent -> image, alignment
 and KL terms), the baseline configs/baseline_demo.yaml (Gaussian noise -> image, text by cross-attention through
 2 trainable layers over the same frozen all-MiniLM-L6-v2 states, CFG by condition dropout p = 0.1). Training time is
 wall clock on this machine, one thread per run, two runs at a time.
 
 Evaluation (`crossflow eval`): {args.num} fresh prompts over the seen combinations and {args.num_holdout} per held-out
-combination (seed 2024), 50 Euler steps, bf16; FID / KID over all of them against real images of the same prompt set
+combination (seed 2024), 50 Euler steps, {args.precision}; FID / KID over all of them against real images of the same prompt set
 drawn from another seed, through the shapes feature network (crossflow/eval/features.py); position / size entropy:
 seed-to-seed variety over 8 seeds for {args.diversity_prompts} prompts that state colour and shape only
 (crossflow/eval/diversity.py; 0 = every seed the same, 1 = uniform).
@@ -173,7 +183,7 @@ seed-to-seed variety over 8 seeds for {args.diversity_prompts} prompts that stat
 
 ### Quality vs steps per solver (tiny pair, guidance {args.guidance})
 
-`crossflow sweep` over {args.sweep_num} prompts; images/s is wall clock of generation on 1 CPU thread, bf16. Plot:
+`crossflow sweep` over {args.sweep_num} prompts; images/s is wall clock of generation ({torch.get_num_threads()} CPU threads), {args.precision}. Plot:
 [docs/sweep_solvers.png](sweep_solvers.png).
 
 {sweep_table(sweep)}
@@ -187,15 +197,22 @@ seed-to-seed variety over 8 seeds for {args.diversity_prompts} prompts that stat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/bench_compare")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps of every model (batch 64)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of every model (batch 64; half the
+                        "demo's 4000, so four runs fit an afternoon on 2 CPU cores)")
     parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
     parser.add_argument("--only", choices=list(MODELS), action="append", help="train only these models")
     parser.add_argument("--num", type=int, default=256, help="seen-combination prompts per evaluation")
     parser.add_argument("--num-holdout", type=int, default=64, help="prompts per held-out combination")
     parser.add_argument("--guidance", type=float, default=2.5, help="the guided setting (and the sweep's)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="sampling precision of the evaluations (auto: bf16 where the CPU has it natively)")
     parser.add_argument("--diversity-prompts", type=int, default=16)
     parser.add_argument("--sweep-num", type=int, default=128, help="prompts per setting of the solver sweep")
     args = parser.parse_args()
+    if args.precision == "auto":
+        from crossflow.cli import cpu_bf16_is_emulated
+
+        args.precision = "fp32" if cpu_bf16_is_emulated() else "bf16"
     work = Path(args.workdir)
     write_data(work / "data")
     ckpts = {}
