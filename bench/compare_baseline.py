@@ -197,8 +197,8 @@ seed-to-seed variety over 8 seeds for {args.diversity_prompts} prompts that stat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/bench_compare")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps of every model (batch 64; half the
-                        "demo's 4000, so four runs fit an afternoon on 2 CPU cores)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of every model (batch 64; half the "
+                        "demo's 4000, so the four runs fit one session on 2 CPU cores)")
     parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
     parser.add_argument("--only", choices=list(MODELS), action="append", help="train only these models")
     parser.add_argument("--num", type=int, default=256, help="seen-combination prompts per evaluation")
