@@ -5,11 +5,12 @@
     crossflow edit invert      --ckpt CKPT --image img.png                # image -> z_text -> image again
     crossflow edit sdedit      --ckpt CKPT --image img.png --prompt "a green square" --t0 0.5 --method sde
     crossflow edit cycle       --ckpt CKPT --image img.png --source-prompt "a red square" --target-prompt "a blue square"
+    crossflow edit drag        --ckpt CKPT --image img.png --prompt "a red square" --from 8 8 --to 24 24 --method sde
     crossflow edit sigma       --ckpt CKPT --prompt "a red circle"       # is there noise in the VE to use?
 
 Every verb writes PNGs (and JSON where there are numbers) to ``--out`` and prints what it wrote. The library
 behind it: crossflow/editing/latent_ops.py (posteriors, interpolation, arithmetic) and crossflow/editing/sde.py
-(SDE sampling, inversion, cycle-consistent encoding, SDEdit).
+(SDE sampling, inversion, cycle-consistent encoding, SDEdit) and crossflow/editing/drag.py.
 """
 
 from __future__ import annotations
@@ -133,6 +134,21 @@ def cmd_cycle(args: argparse.Namespace) -> dict[str, Any]:
     return {"source_prompts": src, "target_prompts": tgt, "rho": args.rho, "files": ["source_and_edit.png"]}
 
 
+def cmd_drag(args: argparse.Namespace) -> dict[str, Any]:
+    from crossflow.editing.drag import edit_drag
+
+    images = _images(args.image)
+    pipe, out = _pipe(args), _out(args)
+    source = sde.encode_images(pipe, images)
+    n = len(source)
+    edited = edit_drag(pipe, source, args.prompt, [tuple(args.src)] * n, [tuple(args.dst)] * n, t0=args.t0,
+                       patch=args.patch, method=args.method, rho=args.rho, guidance_scale=args.cfg_scale,
+                       num_steps=args.steps, generator=_generator(args))
+    _save_row(torch.cat([_decode(pipe, source), _decode(pipe, edited)]), out / "source_and_drag.png")
+    return {"from": args.src, "to": args.dst, "patch": args.patch, "t0": args.t0, "method": args.method,
+            "rho": args.rho, "files": ["source_and_drag.png"]}
+
+
 def cmd_sigma(args: argparse.Namespace) -> dict[str, Any]:
     pipe = _pipe(args)
     return latent_ops.sigma_stats(latent_ops.text_posterior(pipe, args.prompt))
@@ -186,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", nargs="+", required=True)
     p.add_argument("--source-prompt", nargs="+", required=True)
     p.add_argument("--target-prompt", nargs="+", required=True)
+    p.add_argument("--rho", type=float, default=sde.DEFAULT_RHO)
+
+    p = verb("drag", cmd_drag, "move the patch around --from to --to at t0, re-noise the source, complete")
+    p.add_argument("--image", nargs="+", required=True)
+    p.add_argument("--prompt", required=True, help="what the image shows (its VE posterior supplies the noise)")
+    p.add_argument("--from", dest="src", type=int, nargs=2, required=True, metavar=("X", "Y"),
+                   help="source point in latent pixels (= image pixels for the pixel codec)")
+    p.add_argument("--to", dest="dst", type=int, nargs=2, required=True, metavar=("X", "Y"))
+    p.add_argument("--patch", type=int, default=12, help="side of the moved square (default 12)")
+    p.add_argument("--t0", type=float, default=0.6)
+    p.add_argument("--method", choices=["ode", "sde"], default="sde")
     p.add_argument("--rho", type=float, default=sde.DEFAULT_RHO)
 
     p = verb("sigma", cmd_sigma, "the VE posterior's σ statistics for prompts (how much noise there is to edit with)")

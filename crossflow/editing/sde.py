@@ -394,10 +394,31 @@ def sdedit(
         return z_image_source.clone()
     t = torch.tensor(t0, dtype=torch.promote_types(torch.float32, z_image_source.dtype), device=z_image_source.device)
     x = flow.path_sample(z_text_new, z_image_source, t, sigma_min)
+    return complete(velocity_fn, x, t0, num_steps, method, mu, sigma, rho, generator, sigma_min)
+
+
+def complete(
+    velocity_fn: VelocityFn,
+    x_t0: torch.Tensor,
+    t0: float,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    method: EditMethod = "ode",
+    mu: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
+    rho: float = DEFAULT_RHO,
+    generator: torch.Generator | None = None,
+    sigma_min: float = SIGMA_MIN,
+) -> torch.Tensor:
+    """Integrate an (edited) state x_t0 from t0 to 1 over the num_steps grid's points in [t0, 1]: Euler (``ode``)
+    or :func:`sample_sde` (``sde``, with the prompt's μ, σ). The second half of every edit here."""
     if method == "sde":
-        assert mu is not None and sigma is not None
-        return sample_sde(velocity_fn, x, mu, sigma, rho, num_steps, t0, generator, sigma_min=sigma_min).x
-    grid = step_grid(num_steps, t0, device=x.device, dtype=t.dtype)
+        if mu is None or sigma is None:
+            raise ValueError("completing with method 'sde' needs the prompt's posterior mu and sigma")
+        return sample_sde(velocity_fn, x_t0, mu, sigma, rho, num_steps, t0, generator, sigma_min=sigma_min).x
+    if method != "ode":
+        raise ValueError(f"unknown method {method!r}; expected 'ode' or 'sde'")
+    x = x_t0
+    grid = step_grid(num_steps, t0, device=x.device, dtype=torch.promote_types(torch.float32, x.dtype))
     for i in range(len(grid) - 1):
         x = x + (grid[i + 1] - grid[i]) * velocity_fn(x, _batch_time(grid[i], x))
     return x
@@ -444,23 +465,28 @@ def _ve_noise_fn(pipe: CrossFlowPipeline, mu_grid: torch.Tensor) -> NoiseFn:
 
 
 @dataclass
-class _Posterior:
-    mu: torch.Tensor  # latent shape
-    sigma: torch.Tensor  # latent shape
+class PromptPosterior:
+    """Prompts' VE posterior in the image-latent shape, and how to draw noise the way the VE does."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
     noise_fn: NoiseFn
+    """generator -> standard normal noise on the VE's grid, brought to the latent shape."""
 
 
-def _posterior(pipe: CrossFlowPipeline, prompts: Sequence[str], what: str) -> _Posterior:
+def prompt_posterior(pipe: CrossFlowPipeline, prompts: Sequence[str], what: str = "editing") -> PromptPosterior:
+    """μ, σ (latent shape) and the VE's noise draw for ``prompts``; ``what`` names the caller in the error a noise
+    baseline gets (it has no text latent)."""
     _require_crossflow(pipe, what)
     post = text_posterior(pipe, prompts)
     mu, sigma = post.mu.to(pipe.device), post.sigma.to(pipe.device)
-    return _Posterior(to_latent_shape(pipe, mu), to_latent_shape(pipe, sigma), _ve_noise_fn(pipe, mu))
+    return PromptPosterior(to_latent_shape(pipe, mu), to_latent_shape(pipe, sigma), _ve_noise_fn(pipe, mu))
 
 
 def latent_posterior(pipe: CrossFlowPipeline, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts -> (μ, σ) of the VE posterior in the image-latent shape (B, C, H, W), as the samplers here take
     them (``latent_ops.text_posterior`` gives them on the VE's grid). Draws nothing. CrossFlow models only."""
-    post = _posterior(pipe, _prompts(prompts), "the SDE sampler")
+    post = prompt_posterior(pipe, _prompts(prompts), "the SDE sampler")
     return post.mu, post.sigma
 
 
@@ -486,7 +512,7 @@ def sde_generate(
     so ρ = 0 gives that call's latents exactly. Decode with ``pipe.codec.decode``."""
     prompts = _prompts(prompts)
     _check_pipe_args(num_steps, guidance_scale, rho)
-    post = _posterior(pipe, prompts, "SDE sampling")
+    post = prompt_posterior(pipe, prompts, "SDE sampling")
     with _eval(pipe):
         x0 = post.mu + post.sigma * post.noise_fn(generator)  # ε first, as prepare_source draws it
         return sample_sde(pipe.velocity_fn(guidance_scale), x0, post.mu, post.sigma, rho, num_steps,
@@ -550,7 +576,7 @@ def edit_sdedit(
     _check_unit_time("t0", t0, CrossFlowError)
     if method not in ("ode", "sde"):
         raise CrossFlowError(f"unknown SDEdit method {method!r}; expected 'ode' or 'sde'")
-    post = _posterior(pipe, prompts, "SDEdit")
+    post = prompt_posterior(pipe, prompts, "SDEdit")
     source = _latents(pipe, source_latents, len(prompts))
     with _eval(pipe):
         z_text_new = post.mu + post.sigma * post.noise_fn(generator)
@@ -581,7 +607,7 @@ def cycle_edit(
     _check_unit_time("t_start", t_start, CrossFlowError)
     if t_start >= 1:
         raise CrossFlowError(f"t_start must be below 1, got {t_start}")
-    post_src, post_tgt = _posterior(pipe, src, "cycle editing"), _posterior(pipe, tgt, "cycle editing")
+    post_src, post_tgt = prompt_posterior(pipe, src, "cycle editing"), prompt_posterior(pipe, tgt, "cycle editing")
     source = _latents(pipe, source_latents, len(src))
     velocity_fn = pipe.velocity_fn(guidance_scale)
     with _eval(pipe):

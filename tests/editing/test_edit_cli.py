@@ -86,6 +86,13 @@ def test_edits_write_source_and_result(saved: tuple[Path, Path], tmp_path: Path,
     assert (tmp_path / "source_and_edit.png").exists() and report["rho"] > 0
 
 
+def test_drag_writes_source_and_result(saved: tuple[Path, Path], tmp_path: Path) -> None:
+    model, image = saved
+    report = _run(["drag", "--ckpt", str(model), "--image", str(image), "--prompt", "a red circle",
+                   "--from", "2", "2", "--to", "5", "5", "--patch", "2", "--method", "ode"], tmp_path)
+    assert report["from"] == [2, 2] and (tmp_path / "source_and_drag.png").exists()
+
+
 def test_sigma_prints_the_posterior_statistics(saved: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     model, _ = saved
     crossflow_main(["edit", "sigma", "--ckpt", str(model), "--prompt", "a red circle", "a blue square"])
