@@ -79,6 +79,31 @@ def tiny_model_config_session(tiny_text_encoder_dir: str) -> ModelConfig:
     )
 
 
+def build_random_pipeline(config: ModelConfig, seed: int = 0):  # -> CrossFlowPipeline (imported lazily)
+    """``config`` (any kind) with random weights nudged off the zero init, so the flow's output — and its CFG
+    indicator — depends on x, t and the branch; the global RNG is left as it was."""
+    import torch
+
+    from crossflow.inference import CrossFlowPipeline
+    from crossflow.models.flow_model import build_model
+    from crossflow.models.text_encoder import FrozenTextEncoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        text_encoder = FrozenTextEncoder(config.text_encoder)
+        model = build_model(config, text_dim=text_encoder.hidden_size)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return CrossFlowPipeline(config, model.eval(), text_encoder)
+
+
+@pytest.fixture(scope="session")
+def random_pipeline():  # -> Callable[[ModelConfig, int], CrossFlowPipeline]
+    """Factory fixture: :func:`build_random_pipeline` (tests in subfolders cannot import conftest)."""
+    return build_random_pipeline
+
+
 @pytest.fixture
 def tiny_model_config(tiny_model_config_session: ModelConfig) -> ModelConfig:
     """A private copy of the tiny model config (safe to modify in a test)."""

@@ -12,8 +12,6 @@ from crossflow.config import ModelConfig
 from crossflow.editing.drag import drag_edit, drag_state, edit_drag, ring_mean
 from crossflow.errors import CrossFlowError
 from crossflow.inference import CrossFlowPipeline
-from crossflow.models.crossflow import CrossFlowModel
-from crossflow.models.text_encoder import FrozenTextEncoder
 
 
 def _g(seed: int) -> torch.Generator:
@@ -71,16 +69,9 @@ def test_drag_edit_with_an_oracle_velocity_keeps_the_edited_state() -> None:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_config_session: ModelConfig) -> CrossFlowPipeline:
+def pipe(tiny_model_config_session: ModelConfig, random_pipeline) -> CrossFlowPipeline:
     config = copy.deepcopy(tiny_model_config_session)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        text_encoder = FrozenTextEncoder(config.text_encoder)
-        model = CrossFlowModel(config, text_dim=text_encoder.hidden_size)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    return CrossFlowPipeline(config, model.eval(), text_encoder)
+    return random_pipeline(config)
 
 
 @pytest.mark.parametrize("method", ["ode", "sde"])

@@ -11,23 +11,14 @@ import torch
 
 from crossflow.__main__ import main as crossflow_main
 from crossflow.config import ModelConfig
-from crossflow.inference import CrossFlowPipeline
-from crossflow.models.crossflow import CrossFlowModel
-from crossflow.models.text_encoder import FrozenTextEncoder
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_model_config_session: ModelConfig, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def saved(tiny_model_config_session: ModelConfig, tmp_path_factory: pytest.TempPathFactory,
+          random_pipeline) -> tuple[Path, Path]:
     """A tiny random CrossFlow model saved as a folder, and one of its own images as a PNG."""
     config = copy.deepcopy(tiny_model_config_session)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        text_encoder = FrozenTextEncoder(config.text_encoder)
-        model = CrossFlowModel(config, text_dim=text_encoder.hidden_size)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    pipe = CrossFlowPipeline(config, model.eval(), text_encoder)
+    pipe = random_pipeline(config)
     root = tmp_path_factory.mktemp("edit")
     pipe.save_pretrained(root / "model")
     image = pipe(["a red circle"], num_steps=4, generator=torch.Generator().manual_seed(0))[0]

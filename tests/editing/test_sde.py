@@ -55,18 +55,11 @@ def _no_grad() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model_config_session: ModelConfig) -> CrossFlowPipeline:
+def pipe(tiny_model_config_session: ModelConfig, random_pipeline) -> CrossFlowPipeline:
     """The tiny config with random weights, moved off the zero init (as tests/test_inference.py does) so the
     flow's output — and its CFG indicator — is not trivially zero."""
     config = copy.deepcopy(tiny_model_config_session)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        text_encoder = FrozenTextEncoder(config.text_encoder)
-        model = CrossFlowModel(config, text_dim=text_encoder.hidden_size)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    return CrossFlowPipeline(config, model.eval(), text_encoder)
+    return random_pipeline(config)
 
 
 @pytest.fixture(scope="module")

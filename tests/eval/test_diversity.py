@@ -26,8 +26,6 @@ from crossflow.eval.diversity import (
 from crossflow.eval.run import main as eval_main
 from crossflow.eval.shapes import measure
 from crossflow.inference import CrossFlowPipeline, to_pil
-from crossflow.models.flow_model import build_model
-from crossflow.models.text_encoder import FrozenTextEncoder
 
 IMAGE_SIZE = 16  # the shapes generator's minimum: keeps sampling cheap
 
@@ -138,18 +136,11 @@ def test_reference_draws_the_stated_values_and_respects_holdout() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tiny_model_config_session: ModelConfig) -> CrossFlowPipeline:
+def tiny_pipe(tiny_model_config_session: ModelConfig, random_pipeline) -> CrossFlowPipeline:
     """A randomly initialised tiny model at 16 px (off the zero init, so images depend on the noise)."""
     config = copy.deepcopy(tiny_model_config_session)
     config.codec.image_size = IMAGE_SIZE
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        text_encoder = FrozenTextEncoder(config.text_encoder)
-        model = build_model(config, text_dim=text_encoder.hidden_size)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    return CrossFlowPipeline(config, model.eval(), text_encoder)
+    return random_pipeline(config)
 
 
 def _check_ranges(stats: dict[str, Any], num_seeds: int) -> None:
