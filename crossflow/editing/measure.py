@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from crossflow.data.shapes import COLORS, POSITIONS
-from crossflow.eval.shapes import foreground_blob, to_rgb_array
+from crossflow.eval.shapes import FOREGROUND_THRESHOLD, RELATIVE_THRESHOLD, foreground_blob, to_rgb_array
 
 PROGRESS_ATTRIBUTES: tuple[str, ...] = ("color", "position")
 """The attributes :func:`attribute_progress` reads as a continuous value (shape and size have no such axis)."""
@@ -60,6 +60,50 @@ def centroid(image: Any) -> np.ndarray:
         return np.full(2, np.nan)
     rows, cols = np.nonzero(mask)
     return np.array([cols.mean() + 0.5, rows.mean() + 0.5])
+
+
+def foreground_pixels(image: Any) -> np.ndarray:
+    """Boolean (H, W) mask of every pixel the evaluator counts as foreground, before it keeps the largest blob:
+    brightest channel above max(FOREGROUND_THRESHOLD, RELATIVE_THRESHOLD × the image's 99th-percentile brightness),
+    the threshold of :func:`crossflow.eval.shapes.foreground_blob` (whose result is this mask's largest blob)."""
+    brightness = to_rgb_array(_as_array(image)).max(axis=2)
+    return brightness > max(FOREGROUND_THRESHOLD, RELATIVE_THRESHOLD * float(np.percentile(brightness, 99)))
+
+
+def blob_sizes(image: Any) -> list[int]:
+    """Pixel counts of the 4-connected blobs of :func:`foreground_pixels`, largest first (empty for a blank image).
+
+    The first is the evaluator's object (:func:`object_mask`); the rest are what else was drawn: a second copy
+    of the object, a remnant an edit left behind, specks.
+    """
+    mask = foreground_pixels(image)
+    height, width = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    sizes = []
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        stack, count = [start], 0
+        while stack:
+            row, col = stack.pop()
+            count += 1
+            for r, c in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
+                if 0 <= r < height and 0 <= c < width and mask[r, c] and not seen[r, c]:
+                    seen[r, c] = True
+                    stack.append((r, c))
+        sizes.append(count)
+    return sorted(sizes, reverse=True)
+
+
+def count_blobs(image: Any, min_pixels: int = 1) -> int:
+    """How many 4-connected foreground blobs (:func:`blob_sizes`) have at least ``min_pixels`` pixels.
+
+    ``count_blobs(image, min_pixels=4) == 1``: one object and no second blob bigger than a 3-pixel speck.
+    """
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be at least 1, got {min_pixels}")
+    return sum(size >= min_pixels for size in blob_sizes(image))
 
 
 def progress_along(values: Any, start: Any, end: Any) -> np.ndarray:

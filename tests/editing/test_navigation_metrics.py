@@ -12,7 +12,9 @@ from crossflow.data.shapes import COLORS, POSITIONS, ShapeAttributes, render
 from crossflow.editing.measure import (
     _spearman_torchmetrics,
     attribute_progress,
+    blob_sizes,
     centroid,
+    count_blobs,
     mean_color,
     object_mask,
     progress_along,
@@ -114,3 +116,27 @@ def test_spearman_fallback_agrees_with_scipy(values: list[float]) -> None:
     pytest.importorskip("scipy")
     x, y = np.arange(len(values), dtype=np.float64), np.asarray(values, dtype=np.float64)
     assert _spearman_torchmetrics(x, y) == pytest.approx(spearman(values), abs=1e-6)
+
+
+def test_blob_counts_separate_objects_and_specks() -> None:
+    image = _square((9.5, 9.5), COLORS["red"], half=4.0)  # 9 x 9 = 81 pixels
+    assert blob_sizes(image) == [81] and count_blobs(image) == 1
+    image[28:30, 28:30] = COLORS["red"]  # a 2 x 2 speck, apart from the square
+    image[20, 20] = image[21, 21] = COLORS["red"]  # two pixels touching only diagonally: two blobs (4-connectivity)
+    assert blob_sizes(image) == [81, 4, 1, 1]
+    assert count_blobs(image) == 4 and count_blobs(image, min_pixels=4) == 2 and count_blobs(image, min_pixels=5) == 1
+    # The largest blob is the evaluator's object.
+    assert object_mask(image).sum() == blob_sizes(image)[0]
+    blank = np.zeros((S, S, 3), dtype=np.uint8)
+    assert blob_sizes(blank) == [] and count_blobs(blank) == 0
+    with pytest.raises(ValueError, match="min_pixels"):
+        count_blobs(image, min_pixels=0)
+
+
+def test_blob_counts_use_the_evaluators_threshold() -> None:
+    image = _square((9.5, 9.5), (240, 240, 240), half=4.0)
+    image[25:28, 25:28] = 100  # above both 80 and 0.4 x 240 = 96: a second blob
+    image[25:28, 2:5] = 90  # above the absolute threshold, below the relative one: background
+    assert blob_sizes(image) == [81, 9]
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255  # tensors in [0, 1] read the same
+    assert blob_sizes(tensor) == [81, 9]
