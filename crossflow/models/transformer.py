@@ -64,7 +64,7 @@ class FlowTransformerConfig:
 
 
 # Parameter counts for a 4x32x32 latent at patch 2 (bench/model_sizes.py regenerates them; docs/results.md):
-# micro 0.1 M, tiny 1.3 M (the CPU demo), small 32.5 M, base 129.5 M, large 456.8 M, xl 949.6 M (the paper's 0.95 B).
+# micro 0.2 M, tiny 1.3 M (the CPU demo), small 32.5 M, base 129.5 M, large 456.8 M, xl 949.6 M (the paper's 0.95 B).
 PRESETS: dict[str, FlowTransformerConfig] = {
     "micro": FlowTransformerConfig(width=64, depth=2, num_heads=2),  # the smaller size of the baseline study
     "tiny": FlowTransformerConfig(width=128, depth=4, num_heads=4),

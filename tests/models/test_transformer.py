@@ -104,7 +104,7 @@ def test_bad_patch_size_raises() -> None:
 
 
 def test_presets_build_configs_with_overrides() -> None:
-    assert set(PRESETS) == {"tiny", "small", "base", "large", "xl"}
+    assert set(PRESETS) == {"micro", "tiny", "small", "base", "large", "xl"}
     for name, preset in PRESETS.items():
         cfg = FlowTransformerConfig.from_preset(name, in_channels=4, input_size=32, patch_size=2)
         assert isinstance(cfg, FlowTransformerConfig)
