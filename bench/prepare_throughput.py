@@ -76,7 +76,8 @@ def child_env(threads: int) -> dict[str, str]:
     """The environment of prepare / training processes: ``threads`` OpenMP threads, this folder importable
     (the training process loads :class:`StepTimer` by its class path)."""
     path = os.pathsep.join(p for p in (str(BENCH), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path}
+    # CROSSFLOW_CPU_BF16: a bf16 row must train in bf16 even where the CLI would fall back to fp32 (emulated bf16).
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path, "CROSSFLOW_CPU_BF16": "1"}
 
 
 def write_source(root: Path, num: int) -> list[str]:
