@@ -102,13 +102,14 @@ def comparison_table(work: Path, args: argparse.Namespace) -> tuple[str, dict]:
     specs = holdout_specs()
     for name in MODELS:
         ckpt = work / name / "checkpoints" / "last.ckpt"
+        params = f"{param_count(ckpt):.2f} M"  # one checkpoint read per model, not per row
         for guidance in (1.0, args.guidance):
             r = raw[name, guidance] = eval_model(work, name, guidance, args)
             seen, held = r["shapes"]["seen"], r["shapes"]["held_out"]
             per = r["shapes"]["per_holdout"]
             div = r["diversity"]["omitted"]
             rows.append([
-                name, f"{param_count(ckpt):.2f} M", f"{train_seconds(ckpt)} s", guidance, seen["color"],
+                name, params, f"{train_seconds(ckpt)} s", guidance, seen["color"],
                 seen["position"], seen["size"], seen["shape"], seen["all_correct"], held["all_correct"],
                 *(per[s]["all_correct"] for s in specs), f"{r['fid_kid']['fid']:.2f}",
                 f"{r['fid_kid']['kid_mean']:.4f}", div["position"]["entropy_mean"], div["size"]["entropy_mean"],

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,17 @@ class CrossFlowPipeline:
         save_file(state, str(directory / WEIGHTS_NAME), metadata={"crossflow_config": config_json})
         return directory
 
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """The model in eval mode (no dropout) for the block, then back to the mode it was in: sampling from a
+        model that is being trained must not switch it out of training."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def prepare_source(
         self, prompts: Sequence[str], generator: torch.Generator | None = None, temperature: float = 1.0
@@ -324,15 +336,11 @@ class CrossFlowPipeline:
         if not prompts or any(not p or not p.strip() for p in prompts):
             raise CrossFlowError("prompts must be non-empty strings")
         _check_sampling_args(num_steps, guidance_scale, temperature, solver=solver, rtol=rtol, atol=atol)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.eval_mode():
             source = self.prepare_source(prompts, generator=generator, temperature=temperature)
             z_image = self.generate_latents(
                 source.x0, num_steps, guidance_scale, solver, progress=progress, rtol=rtol, atol=atol, cond=source.cond
             )
-        finally:
-            self.model.train(was_training)
         images = self.codec.decode(z_image).float().cpu()
         if output_type == "pt":
             return images

@@ -141,12 +141,8 @@ def edit_drag(
     fresh = post.mu + post.sigma * post.noise_fn(generator)
     try:
         x = drag_state(source_latents.to(post.mu), z_text, fresh, source, target, t0, patch, pipe.config.sigma_min)
-        was_training = pipe.model.training
-        pipe.model.eval()
-        try:
+        with pipe.eval_mode():
             return complete(pipe.velocity_fn(guidance_scale), x, t0, num_steps, method, post.mu, post.sigma, rho,
                             generator, pipe.config.sigma_min)
-        finally:
-            pipe.model.train(was_training)
     except ValueError as err:
         raise CrossFlowError(str(err)) from None

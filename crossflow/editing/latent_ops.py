@@ -83,13 +83,9 @@ def text_posterior(pipe: CrossFlowPipeline, prompts: str | Sequence[str]) -> Tex
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts or any(not p or not p.strip() for p in prompts):
         raise CrossFlowError("prompts must be non-empty strings")
-    was_training = pipe.model.training
-    pipe.model.eval()  # the VE's dropout (if any) must not perturb μ, σ
-    try:
+    with pipe.eval_mode():  # the VE's dropout (if any) must not perturb μ, σ
         # τ = 0: no ε is drawn, so asking for a posterior never consumes anybody's random stream.
         source = pipe.prepare_source(prompts, temperature=0.0)
-    finally:
-        pipe.model.train(was_training)
     if source.mu is None or source.logvar is None:
         raise CrossFlowError(f"model kind {pipe.config.kind} exposes no VE posterior (μ, log σ²)")
     return TextPosterior(mu=source.mu.float(), sigma=torch.exp(0.5 * source.logvar.float()))
@@ -137,13 +133,9 @@ def render_latents(
     solver: Solver = "euler",
 ) -> torch.Tensor:
     """z_text (B, C, H, W) on the VE's grid -> images (B, 3, S, S) in [0, 1] on the CPU, in one batch."""
-    was_training = pipe.model.training
-    pipe.model.eval()
-    try:
+    with pipe.eval_mode():
         z_image = pipe.generate_latents(to_latent_shape(pipe, z_text.to(pipe.device)), num_steps, guidance_scale,
                                         solver)
-    finally:
-        pipe.model.train(was_training)
     return pipe.codec.decode(z_image).float().cpu()  # type: ignore[arg-type]
 
 

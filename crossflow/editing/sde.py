@@ -21,8 +21,7 @@ and visits the same times as the full 50-step run from there on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -449,16 +448,6 @@ def _prompts(prompts: str | Sequence[str]) -> list[str]:
     return prompts
 
 
-@contextmanager
-def _eval(pipe: CrossFlowPipeline) -> Iterator[None]:
-    was_training = pipe.model.training
-    pipe.model.eval()
-    try:
-        yield
-    finally:
-        pipe.model.train(was_training)
-
-
 def _ve_noise_fn(pipe: CrossFlowPipeline, mu_grid: torch.Tensor) -> NoiseFn:
     """ξ as the VE draws ε: on its grid, brought up to the latent shape (block-constant with grid_downsample f > 1)."""
     return lambda generator: to_latent_shape(pipe, draw_noise(mu_grid, generator))
@@ -513,7 +502,7 @@ def sde_generate(
     prompts = _prompts(prompts)
     _check_pipe_args(num_steps, guidance_scale, rho)
     post = prompt_posterior(pipe, prompts, "SDE sampling")
-    with _eval(pipe):
+    with pipe.eval_mode():
         x0 = post.mu + post.sigma * post.noise_fn(generator)  # ε first, as prepare_source draws it
         return sample_sde(pipe.velocity_fn(guidance_scale), x0, post.mu, post.sigma, rho, num_steps,
                           generator=generator, sigma_min=pipe.config.sigma_min, noise_fn=post.noise_fn).x
@@ -535,7 +524,7 @@ def invert_image(
         latents = _latents(pipe, images_or_latents)
     else:
         latents = encode_images(pipe, images_or_latents)
-    with _eval(pipe):
+    with pipe.eval_mode():
         return invert_ode(pipe.velocity_fn(guidance_scale), latents, num_steps, solver=solver)
 
 
@@ -578,7 +567,7 @@ def edit_sdedit(
         raise CrossFlowError(f"unknown SDEdit method {method!r}; expected 'ode' or 'sde'")
     post = prompt_posterior(pipe, prompts, "SDEdit")
     source = _latents(pipe, source_latents, len(prompts))
-    with _eval(pipe):
+    with pipe.eval_mode():
         z_text_new = post.mu + post.sigma * post.noise_fn(generator)
         return sdedit(pipe.velocity_fn(guidance_scale), source, z_text_new, t0, num_steps, method, post.mu, post.sigma,
                       rho, generator, pipe.config.sigma_min)
@@ -610,7 +599,7 @@ def cycle_edit(
     post_src, post_tgt = prompt_posterior(pipe, src, "cycle editing"), prompt_posterior(pipe, tgt, "cycle editing")
     source = _latents(pipe, source_latents, len(src))
     velocity_fn = pipe.velocity_fn(guidance_scale)
-    with _eval(pipe):
+    with pipe.eval_mode():
         code = cycle_encode(velocity_fn, source, post_src.mu, post_src.sigma, rho, num_steps, generator, t_start,
                             noise_fn=post_src.noise_fn, sigma_min=pipe.config.sigma_min)
         return cycle_decode(velocity_fn, code, post_tgt.mu, post_tgt.sigma, rho, pipe.config.sigma_min)

@@ -37,14 +37,12 @@ prompts: a generic number that needs no evaluator (the reference's includes the 
 from __future__ import annotations
 
 import math
-import sys
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from crossflow.data.shapes import (
     ATTRIBUTES,
@@ -228,17 +226,11 @@ def seed_diversity(
     prompts = [DiversityPrompt(caption, dict(stated)) for caption, stated in prompts]
     if not prompts:
         raise ValueError("no prompts")
+    from crossflow.eval.run import generate_images  # run.py imports this module: import at call time
+
     captions = [p.caption for p in prompts for _ in range(num_seeds)]
-    generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    parts = []
-    with tqdm(total=len(captions), desc="diversity", unit="img", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(captions), batch_size):
-            chunk = captions[start:start + batch_size]
-            parts.append(pipe(chunk, num_steps=num_steps, guidance_scale=guidance_scale,
-                              solver=solver,  # type: ignore[arg-type]
-                              generator=generator, temperature=temperature, output_type="pt"))
-            bar.update(len(chunk))
-    images = torch.cat(parts).clamp(0, 1)
+    images = generate_images(pipe, captions, num_steps, guidance_scale, solver, seed, batch_size, temperature,
+                             progress, desc="diversity").clamp(0, 1)
     measured = [measure(im) for im in to_pil(images)]  # scored as saved (8 bits), like crossflow eval
     image_size = pipe.config.codec.image_size
     real = reference_images(prompts, num_seeds, seed + REFERENCE_SEED_OFFSET, image_size, holdout)
