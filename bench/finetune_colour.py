@@ -14,6 +14,7 @@ Run: python bench/finetune_colour.py [--workdir runs/bench_finetune] [--pretrain
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import table, update_section  # noqa: E402
 
+from crossflow.cli import cpu_bf16_is_emulated  # noqa: E402
 from crossflow.data.shapes import COLORS, make_prompts  # noqa: E402
 from crossflow.data.shards import write_shapes_shards  # noqa: E402
 from crossflow.eval.evaluate import EVAL_SEED, evaluate_pipeline  # noqa: E402
@@ -45,10 +47,10 @@ def write_data(root: Path, num_finetune: int, num_replay: int) -> None:
                             holdout=[{"color": NEW}])
 
 
-def score(ckpt: Path, prompts: dict[str, list]) -> dict[str, dict[str, float]]:
+def score(ckpt: Path, prompts: dict[str, list], bf16: bool) -> dict[str, dict[str, float]]:
     pipe = CrossFlowPipeline.from_pretrained(ckpt)
     out = {}
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
         for name, ps in prompts.items():
             out[name], _ = evaluate_pipeline(pipe, ps, DEFAULT_NUM_STEPS, DEFAULT_GUIDANCE_SCALE, seed=0, progress=False)
     return out
@@ -63,7 +65,11 @@ def main() -> None:
     parser.add_argument("--num-replay", type=int, default=1200, help="old-colour samples replayed with them")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pre-training run")
     parser.add_argument("--num-eval", type=int, default=256, help="prompts per group (new colour / old colours)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="sampling precision of the evaluations (auto: bf16 where the CPU has it natively)")
     args = parser.parse_args()
+    if args.precision == "auto":
+        args.precision = "fp32" if cpu_bf16_is_emulated() else "bf16"
     work = Path(args.workdir)
     data = work / "data"
     write_data(data, args.num_finetune, args.num_replay)
@@ -93,7 +99,7 @@ def main() -> None:
             models[f"{label} fine-tune{', replay' if replay else ''}"] = tuned[mode, replay]
     rows, results = [], {}
     for name, ckpt in models.items():
-        s = results[name] = score(ckpt, prompts)
+        s = results[name] = score(ckpt, prompts, args.precision == "bf16")
         rows.append([name, s["new"]["color"], s["new"]["all_correct"], s["old"]["color"], s["old"]["all_correct"],
                      f"{train_seconds(ckpt)} s"])
         print(rows[-1], flush=True)
@@ -110,7 +116,7 @@ qkv/proj/fc1/fc2, lr 1e-3, VE frozen) on {args.num_finetune} {NEW} images alone,
 {args.num_finetune} plus {args.num_replay} old-colour samples from the pre-training distribution as a second shard
 folder (`--data.train_shards=[new,replay]`). Evaluation: {args.num_eval} fresh prompts (seed {EVAL_SEED}) in {NEW}
 ("new") and {args.num_eval} in the six old colours ("old"), {DEFAULT_NUM_STEPS} Euler steps, guidance
-{DEFAULT_GUIDANCE_SCALE}, bf16. Bar: new-colour accuracy >= 0.85, old-colour accuracy down by <= 0.05.
+{DEFAULT_GUIDANCE_SCALE}, {args.precision}. Bar: new-colour accuracy >= 0.85, old-colour accuracy down by <= 0.05.
 
 {table(["model", "new colour", "new all-correct", "old colour", "old all-correct", "training time"], rows)}
 

@@ -18,10 +18,11 @@ interpolation
     mean RGB projected from colour A's palette RGB to colour B's, or its centroid projected from position A's
     centre to B's) must rise monotonically, Spearman ρ vs frame index >= 0.9; the evaluator
     (crossflow.eval.shapes.measure) must read the prompts' unchanged attributes on every frame; success = both.
-    Smoothness: smoothness_ratio = max / median L2 between adjacent frames (<= 2: no single jump). Bars: success
-    >= 90% of pairs, smoothness ratio <= 2, shared noise measurably smoother than naive. Writes an example strip
-    (docs/interpolation_example.png: the first colour pair and the first position pair, shared then naive; not
-    chosen by outcome) and a GIF of the shared-noise frames (docs/interpolation_example.gif).
+    Smoothness: smoothness_ratio = max / median L2 between adjacent frames (<= 2: no single jump). A third method:
+    the shared-noise path with spacing="arc" (α at equal image-space steps). Bars: success >= 90% of pairs,
+    smoothness ratio <= 2, shared noise measurably smoother than naive. Writes an example strip
+    (docs/interpolation_example.png: the first colour pair and the first position pair, shared, naive, arc; not
+    chosen by outcome) and a GIF of the arc-spaced frames (docs/interpolation_example.gif).
 arithmetic
     crossflow.editing.latent_ops.arithmetic, re-standardised (the default) and not. The issue's example in its own
     words, "red circle + square - circle", and in the training captions' phrasing (the generator always states
@@ -294,10 +295,12 @@ def score_frames(frames: torch.Tensor, pair: Pair) -> dict[str, float | bool]:
     unchanged = [name for name in ATTRIBUTES if name != attr]
     monotone = not math.isnan(rho) and rho >= MONOTONE_RHO
     held = all(r[name] == pair.a[name] for r in readings for name in unchanged)
+    constant = all(r[name] == readings[0][name] for r in readings for name in unchanged)
     return {
         "rho": rho,
         "monotone": monotone,
         "held": held,
+        "constant": constant,
         "success": monotone and held,
         "endpoints": readings[0][attr] == pair.a[attr] and readings[-1][attr] == pair.b[attr],
         "ratio": smoothness_ratio(frames),
@@ -306,18 +309,20 @@ def score_frames(frames: torch.Tensor, pair: Pair) -> dict[str, float | bool]:
 
 def part_interpolation(run: Run, args: argparse.Namespace) -> str:
     pairs = interpolation_pairs(args.num_pairs, run.seed)
-    methods = {"shared-noise lerp": False, "naive lerp": True}  # name -> interpolate(naive=...)
+    # name -> interpolate(naive=..., spacing=...)
+    methods = {"shared-noise lerp": (False, "uniform"), "naive lerp": (True, "uniform"),
+               "shared-noise lerp, arc spacing": (False, "arc")}
     scores: dict[str, list[dict]] = {m: [] for m in methods}
     first = {attr: next(i for i, p in enumerate(pairs) if p.attribute == attr) for attr in ("color", "position")
              if any(p.attribute == attr for p in pairs)}
     examples: dict[tuple[int, str], torch.Tensor] = {}
     for index, pair in enumerate(tqdm(pairs, desc="interpolation", unit="pair", disable=not run.progress)):
-        for method, naive in methods.items():
+        for method, (naive, spacing) in methods.items():
             with run.precision():
-                # Same seed for both methods: the naive lerp's first draw ε_a is the shared-noise ε.
+                # Same seed for every method: the naive lerp's first draw ε_a is the shared-noise ε.
                 frames = interpolate(run.pipe, *pair.prompts, num_frames=args.num_frames, naive=naive,
                                      num_steps=run.num_steps, guidance_scale=run.guidance,
-                                     generator=run.generator(index))
+                                     generator=run.generator(index), spacing=spacing)
             scores[method].append(score_frames(frames, pair))
             if index in first.values():
                 examples[index, method] = frames
@@ -331,7 +336,8 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
         for method in methods:
             s = [scores[method][i] for i in idx]
             ratios = np.array([x["ratio"] for x in s])
-            rates = [float(np.mean([x[key] for x in s])) for key in ("monotone", "held", "success", "endpoints")]
+            rates = [float(np.mean([x[key] for x in s]))
+                     for key in ("monotone", "held", "success", "constant", "endpoints")]
             rows.append([group, method, len(idx), *rates, float(np.mean(ratios <= SMOOTH_RATIO)),
                          float(np.mean(ratios)), float(np.median(ratios))])
     shared = np.array([x["ratio"] for x in scores["shared-noise lerp"]])
@@ -339,7 +345,9 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
     wins, losses = int((shared < naive).sum()), int((shared > naive).sum())
     p_value = sign_test(wins, losses)
     success = float(np.mean([x["success"] for x in scores["shared-noise lerp"]]))
-    mean_shared, mean_naive = float(np.mean(shared)), float(np.mean(naive))
+    arc = np.array([x["ratio"] for x in scores["shared-noise lerp, arc spacing"]])
+    arc_success = float(np.mean([x["success"] for x in scores["shared-noise lerp, arc spacing"]]))
+    mean_shared, mean_naive, mean_arc = float(np.mean(shared)), float(np.mean(naive)), float(np.mean(arc))
     smoother = mean_shared < mean_naive and p_value < SIGNIFICANCE
 
     strip, gif = save_examples(run, examples, first, args.num_frames)
@@ -353,13 +361,18 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
 {n_colour} change the colour, {len(pairs) - n_colour} the position (every ordered pair of values about equally often),
 the other attributes drawn at random. {args.num_frames} frames per pair (α evenly spaced, lerp of the VE posterior),
 shared-noise (one ε for all frames, `interpolate`'s default) and naive (lerp of two independent draws), same seed per
-pair. *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
+pair; and the shared-noise path again with `spacing="arc"`: the 11 α's placed at equal image-space steps
+(`interpolate_with_alphas`: 11 evenly spaced frames, then two rounds of re-placing 11 α's by cumulative L2 along
+every frame rendered so far; 3× the renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
 of the palette; mask centroid projected onto centre B − centre A) vs frame index ≥ {MONOTONE_RHO}. *Held*: the
 evaluator reads the prompts' three unchanged attributes on every frame. *Success* = monotone and held.
+*Constant*: the unchanged attributes read the same on every frame, whatever they read (the path holds them even
+where the model draws the prompt wrong; not part of success).
 *Endpoints*: the first frame reads A and the last B on the changed attribute (not part of success; shown to
 separate the model's accuracy from the path's). *Ratio* = max / median L2 distance between adjacent frames.
 
-{table(["pairs", "method", "n", "monotone", "held", "success", "endpoints", "ratio ≤ 2", "mean ratio", "median ratio"], rows)}
+{table(["pairs", "method", "n", "monotone", "held", "success", "constant", "endpoints", "ratio ≤ 2", "mean ratio",
+        "median ratio"], rows)}
 
 Shared noise gave the lower ratio in {wins} pairs, naive in {losses} (ties {len(pairs) - wins - losses});
 one-sided sign test p = {p_value:.2g}.
@@ -368,22 +381,28 @@ one-sided sign test p = {p_value:.2g}.
 - smoothness ratio ≤ {SMOOTH_RATIO:g} (mean over all pairs, shared-noise lerp): {mean_shared:.3f} → **{verdict(mean_shared <= SMOOTH_RATIO)}**
 - shared noise measurably smoother than naive (lower mean ratio, {mean_shared:.3f} vs {mean_naive:.3f}, and sign test
   p < {SIGNIFICANCE}): **{verdict(smoother)}**
+- with arc spacing (shared noise): success {arc_success:.3f} → **{verdict(arc_success >= INTERPOLATION_BAR)}**;
+  smoothness ratio {mean_arc:.3f} (pairs ≤ {SMOOTH_RATIO:g}: {float(np.mean(arc <= SMOOTH_RATIO)):.2f})
+  → **{verdict(mean_arc <= SMOOTH_RATIO)}**
 
-Example ({example_pairs}; rows: shared-noise, naive for each; the first pair of each kind, not chosen by outcome):
+Example ({example_pairs}; rows: shared-noise, naive, shared-noise with arc spacing for each; the first pair of each
+kind, not chosen by outcome):
 
-![interpolation example]({strip.name}) ![shared-noise interpolation]({gif.name})
+![interpolation example]({strip.name}) ![arc-spaced shared-noise interpolation]({gif.name})
 """
 
 
 def save_examples(run: Run, examples: dict[tuple[int, str], torch.Tensor], first: dict[str, int],
                   num_frames: int) -> tuple[Path, Path]:
-    """The strip (rows: each example pair's shared then naive frames) and a GIF of the shared frames side by side."""
-    rows = [examples[index, method] for index in first.values() for method in ("shared-noise lerp", "naive lerp")]
+    """The strip (rows: each example pair's shared, naive, then arc-spaced shared frames) and a GIF of the arc-spaced
+    shared frames side by side."""
+    rows = [examples[index, method] for index in first.values()
+            for method in ("shared-noise lerp", "naive lerp", "shared-noise lerp, arc spacing")]
     strip = run.out_dir / "interpolation_example.png"
     strip.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(to_pil(torch.cat(rows)), columns=num_frames)
     grid.resize((grid.width * 3, grid.height * 3), resample=0).save(strip)  # 0 = NEAREST: crisp, readable on a page
-    shared = [examples[index, "shared-noise lerp"] for index in first.values()]
+    shared = [examples[index, "shared-noise lerp, arc spacing"] for index in first.values()]
     gap = torch.full((num_frames, 3, shared[0].shape[2], 2), 40 / 255)  # the strip's grey between images
     side_by_side = torch.cat([x for frames in shared for x in (frames, gap)][:-1], dim=3)
     gif = save_gif(side_by_side, run.out_dir / "interpolation_example.gif", duration_ms=200, upscale=4)

@@ -39,6 +39,8 @@ from crossflow.sampling import Solver
 
 InterpolationMode = Literal["lerp", "slerp"]
 INTERPOLATION_MODES: tuple[str, ...] = ("lerp", "slerp")
+Spacing = Literal["uniform", "arc"]
+SPACINGS: tuple[str, ...] = ("uniform", "arc")
 # Below this angle (or this close to π) between two μ's, slerp's 1/sin θ is ill-conditioned: use lerp.
 _PARALLEL_EPS = 1e-4
 
@@ -248,27 +250,101 @@ def interpolate(
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
     solver: Solver = "euler",
+    spacing: Spacing = "uniform",
+    arc_rounds: int = 2,
 ) -> torch.Tensor:
-    """Frames (F, 3, S, S) in [0, 1] from ``prompt_a`` (α = 0) to ``prompt_b`` (α = 1), α evenly spaced,
-    all generated in one batch.
+    """Frames (F, 3, S, S) in [0, 1] from ``prompt_a`` (α = 0) to ``prompt_b`` (α = 1).
 
     Default: interpolated posterior with one shared ε (:func:`shared_noise_latents`); frame 0 is then the
     image ``pipe([prompt_a], generator=g)`` gives for the same seed. ``naive=True``: the lerp of two
     independent draws (:func:`naive_latents`, ``mode`` ignored), the baseline to compare against.
+    ``spacing``: α evenly spaced (``"uniform"``, one batch of F renders) or at equal image-space steps
+    (``"arc"``, :func:`interpolate_with_alphas`, (1 + ``arc_rounds``)·F renders).
+    """
+    return interpolate_with_alphas(pipe, prompt_a, prompt_b, num_frames, mode, naive, num_steps, guidance_scale,
+                                   generator, temperature, solver, spacing, arc_rounds)[0]
+
+
+@torch.no_grad()
+def interpolate_with_alphas(
+    pipe: CrossFlowPipeline,
+    prompt_a: str,
+    prompt_b: str,
+    num_frames: int = 11,
+    mode: InterpolationMode = "lerp",
+    naive: bool = False,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    solver: Solver = "euler",
+    spacing: Spacing = "uniform",
+    arc_rounds: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`interpolate`'s frames (F, 3, S, S) and the α of each (F,).
+
+    ``spacing="arc"`` re-parameterises the path by image-space arc length: a flow trained on discrete prompts
+    tends to hold one image over most of [0, 1] and change within a short stretch of α, so evenly spaced α
+    give a few large jumps between long still runs. Starting from F evenly spaced frames, each of
+    ``arc_rounds`` rounds places F new α at equal steps of cumulative L2 distance along every frame rendered
+    so far (:func:`equal_arc_alphas`) and renders them; the last round's frames are returned. The noise (shared
+    ε, or the naive baseline's two draws) is drawn once, so every round renders points of one path.
     """
     if num_frames < 2:
         raise CrossFlowError(f"num_frames must be at least 2 (the two prompts), got {num_frames}")
     if temperature < 0:
         raise CrossFlowError(f"temperature must be >= 0, got {temperature}")
+    if spacing not in SPACINGS:
+        raise CrossFlowError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+    if arc_rounds < 0:
+        raise CrossFlowError(f"arc_rounds must be >= 0, got {arc_rounds}")
     posterior = text_posterior(pipe, [prompt_a, prompt_b])
     a = TextPosterior(posterior.mu[:1], posterior.sigma[:1])
     b = TextPosterior(posterior.mu[1:], posterior.sigma[1:])
-    alphas = torch.linspace(0.0, 1.0, num_frames)
-    if naive:
-        z = naive_latents(a, b, alphas, generator, temperature)
+    if naive:  # ε_a then ε_b, the order naive_latents draws them in
+        z_a = a.sample(draw_noise(a.mu, generator), temperature)
+        z_b = b.sample(draw_noise(b.mu, generator), temperature)
+
+        def latents(alphas: torch.Tensor) -> torch.Tensor:
+            return _lerp(z_a, z_b, _alphas(alphas, a.mu))
     else:
-        z = shared_noise_latents(a, b, alphas, draw_noise(a.mu, generator), mode, temperature)
-    return render_latents(pipe, z, num_steps, guidance_scale, solver)
+        eps = draw_noise(a.mu, generator)
+
+        def latents(alphas: torch.Tensor) -> torch.Tensor:
+            return shared_noise_latents(a, b, alphas, eps, mode, temperature)
+
+    alphas = torch.linspace(0.0, 1.0, num_frames)
+    frames = render_latents(pipe, latents(alphas), num_steps, guidance_scale, solver)
+    seen_alphas, seen_frames = alphas, frames
+    for _ in range(arc_rounds if spacing == "arc" else 0):
+        alphas = equal_arc_alphas(seen_alphas, seen_frames, num_frames)
+        frames = render_latents(pipe, latents(alphas), num_steps, guidance_scale, solver)
+        seen_alphas, seen_frames = torch.cat([seen_alphas, alphas]), torch.cat([seen_frames, frames])
+    return frames, alphas
+
+
+def equal_arc_alphas(alphas: torch.Tensor, frames: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``num_frames`` α's (first and last the path's ends) splitting the path through ``frames`` (rendered at
+    ``alphas``, any order, repeats allowed) into steps of equal L2 length, the path taken piecewise linear
+    between rendered frames. A path that does not move (length 0) gives evenly spaced α."""
+    if alphas.ndim != 1 or len(alphas) != len(frames) or len(alphas) < 2 or num_frames < 2:
+        raise CrossFlowError(
+            f"need one α per frame (at least 2) and num_frames >= 2, got {tuple(alphas.shape)} α's, "
+            f"{len(frames)} frames, num_frames={num_frames}"
+        )
+    order = alphas.double().argsort(stable=True)
+    a, f = alphas.double()[order], frames[order]
+    s = torch.cat([torch.zeros(1, dtype=torch.float64), adjacent_distances(f).double().cumsum(0)])
+    if s[-1] <= 0:
+        return torch.linspace(a[0].item(), a[-1].item(), num_frames, dtype=alphas.dtype)
+    targets = torch.linspace(0.0, s[-1].item(), num_frames, dtype=torch.float64)
+    hi = torch.searchsorted(s, targets, right=True).clamp(1, len(s) - 1)
+    lo = hi - 1
+    step = (s[hi] - s[lo]).clamp_min(1e-300)
+    w = ((targets - s[lo]) / step).clamp(0.0, 1.0)
+    out = a[lo] + w * (a[hi] - a[lo])
+    out[0], out[-1] = a[0], a[-1]
+    return out.to(alphas.dtype)
 
 
 def save_strip(images: torch.Tensor, path: str | Path, pad: int = 2) -> Path:

@@ -15,8 +15,10 @@ from crossflow.editing.latent_ops import (
     TextPosterior,
     adjacent_distances,
     arithmetic,
+    equal_arc_alphas,
     interpolate,
     interpolate_posteriors,
+    interpolate_with_alphas,
     latent_arithmetic,
     naive_latents,
     parse_expression,
@@ -233,6 +235,45 @@ def test_interpolate_modes_and_naive_baseline(pipe: CrossFlowPipeline) -> None:
     torch.testing.assert_close(slerp[0], naive[0], rtol=0, atol=1e-5)  # both start from ε_a of seed 1
     with pytest.raises(CrossFlowError, match="num_frames"):
         interpolate(pipe, PROMPT_A, PROMPT_B, num_frames=1)
+
+
+def test_equal_arc_alphas_equalise_the_steps() -> None:
+    # A path x(α) = α³ along one axis: even α put most of the length in the last steps; the arc-length α's
+    # put equal length in every step, so the steps' L2 lengths come out equal.
+    dense = torch.linspace(0, 1, 401, dtype=torch.float64)
+    frames = (dense**3).view(-1, 1, 1, 1)
+    alphas = equal_arc_alphas(dense, frames, 5)
+    torch.testing.assert_close(alphas, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64) ** (1 / 3),
+                               rtol=0, atol=2e-3)
+    stepped = (alphas**3).view(-1, 1, 1, 1)
+    assert smoothness_ratio(stepped) == pytest.approx(1.0, abs=1e-2)
+    # Any order and repeated α's are fine; a path that does not move gives evenly spaced α.
+    shuffled = torch.randperm(len(dense), generator=_seed(0))
+    torch.testing.assert_close(equal_arc_alphas(dense[shuffled], frames[shuffled], 5), alphas)
+    still = equal_arc_alphas(torch.tensor([0.0, 1.0, 0.5]), torch.zeros(3, 1, 2, 2), 3)
+    torch.testing.assert_close(still, torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(CrossFlowError, match="one α per frame"):
+        equal_arc_alphas(dense[:3], frames[:2], 5)
+
+
+def test_arc_spacing_renders_the_same_path_at_new_alphas(pipe: CrossFlowPipeline) -> None:
+    uniform, even = interpolate_with_alphas(pipe, PROMPT_A, PROMPT_B, 5, num_steps=STEPS, generator=_seed(3))
+    torch.testing.assert_close(even, torch.linspace(0, 1, 5))
+    frames, alphas = interpolate_with_alphas(pipe, PROMPT_A, PROMPT_B, 5, num_steps=STEPS, generator=_seed(3),
+                                             spacing="arc", arc_rounds=2)
+    assert frames.shape == uniform.shape and alphas[0] == 0 and alphas[-1] == 1
+    assert bool((alphas[1:] >= alphas[:-1]).all())
+    # The ends are the same images: one noise draw for every round, so arc frames lie on the uniform path.
+    torch.testing.assert_close(frames[[0, -1]], uniform[[0, -1]], rtol=0, atol=1e-5)
+    torch.testing.assert_close(interpolate(pipe, PROMPT_A, PROMPT_B, 5, num_steps=STEPS, generator=_seed(3),
+                                           spacing="arc"), frames, rtol=0, atol=0)
+    # The naive baseline keeps its two draws across rounds too.
+    naive, _ = interpolate_with_alphas(pipe, PROMPT_A, PROMPT_B, 5, naive=True, num_steps=STEPS,
+                                       generator=_seed(3), spacing="arc")
+    torch.testing.assert_close(naive[[0, -1]], interpolate(pipe, PROMPT_A, PROMPT_B, 5, naive=True,
+                               num_steps=STEPS, generator=_seed(3))[[0, -1]], rtol=0, atol=1e-5)
+    with pytest.raises(CrossFlowError, match="spacing"):
+        interpolate(pipe, PROMPT_A, PROMPT_B, 3, spacing="log")  # type: ignore[arg-type]
 
 
 def test_interpolate_on_a_coarse_ve_grid(tiny_model_config_session: ModelConfig) -> None:
