@@ -17,6 +17,7 @@ from crossflow.editing.sde import (
     cycle_edit,
     cycle_encode,
     edit_sdedit,
+    encode_images,
     invert_image,
     invert_ode,
     latent_posterior,
@@ -321,3 +322,30 @@ def test_noise_baseline_is_refused(tiny_model_config_session: ModelConfig, x1: t
         with pytest.raises(CrossFlowError, match="noise_baseline") as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_ode_inversion_and_regeneration_keep_a_shapes_images_attributes(
+    tiny_model_config_session: ModelConfig, random_pipeline
+) -> None:
+    """The issue's reconstruction check on the mechanics: shapes images (every shape, size and position, the
+    evaluator's 32 px) inverted to z_text with the ODE and integrated forward again read the same four attributes.
+    On a trained model the sources are its own generated images (bench/latent_navigation.py, part inversion)."""
+    from crossflow.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapeAttributes, render
+    from crossflow.eval.shapes import measure
+
+    config = copy.deepcopy(tiny_model_config_session)
+    config.codec.image_size = 32
+    pipe = random_pipeline(config)
+    cells = [(shape, size, position) for shape in SHAPES for size in SIZES for position in list(POSITIONS)[:2]]
+    colors = list(COLORS)
+    combos = [ShapeAttributes(shape, colors[i % len(colors)], size, position)
+              for i, (shape, size, position) in enumerate(cells)]
+    images = [render(a) for a in combos]
+    latents = encode_images(pipe, images)
+    z_text = invert_image(pipe, latents, num_steps=50)
+    with pipe.eval_mode():
+        regenerated = pipe.generate_latents(z_text, 50, 1.0)
+    decoded = pipe.codec.decode(regenerated).float()
+    assert _mse(regenerated, latents) < 1e-3
+    for attrs, image in zip(combos, decoded, strict=True):
+        assert measure(image) == attrs.to_dict()
