@@ -177,7 +177,10 @@ class Run:
 
     def settings(self) -> str:
         return (f"Checkpoint {self.checkpoint}, {self.num_steps} Euler steps, guidance {self.guidance}, "
-                f"{'bf16 autocast' if self.bf16 else 'fp32'}, seed {self.seed}; measured {datetime.date.today()}.")
+                f"{'bf16 autocast' if self.bf16 else 'fp32'}, seed {self.seed}; measured {datetime.date.today()}."
+                + ("" if VALUES["color"] == tuple(COLORS) else
+                   f" Prompts use only the colours {', '.join(VALUES['color'])} (`--exclude-colors`: the checkpoint"
+                   " never saw the others)."))
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -193,6 +196,13 @@ def verdict(ok: bool) -> str:
 def random_attributes(rng: np.random.Generator) -> dict[str, str]:
     """All four attributes drawn uniformly (one draw each, in the order color, shape, size, position)."""
     return {name: str(rng.choice(VALUES[name])) for name in ("color", "shape", "size", "position")}
+
+
+def other_colors(rng: np.random.Generator, attrs: list[dict[str, str]]) -> list[str]:
+    """An edit target colour per source: the other colours in a cycle from a seeded start."""
+    palette = VALUES["color"]
+    shift = int(rng.integers(len(palette) - 1))
+    return [[c for c in palette if c != a["color"]][(i + shift) % (len(palette) - 1)] for i, a in enumerate(attrs)]
 
 
 # ---------------------------------------------------------------------------------------------------- sigma
@@ -288,7 +298,7 @@ def interpolation_pairs(n: int, seed: int) -> list[Pair]:
     """ceil(n/2) colour pairs then floor(n/2) position pairs; the changed attribute's ordered value pairs taken
     in a shuffled cycle (every ordered pair about equally often), the other attributes uniform."""
     rng = np.random.default_rng(seed)
-    values = {"color": list(COLORS), "position": list(POSITIONS), "shape": list(SHAPES), "size": list(SIZES)}
+    values = {"color": list(VALUES["color"]), "position": list(POSITIONS), "shape": list(SHAPES), "size": list(SIZES)}
     pairs = []
     for attribute, count in (("color", n - n // 2), ("position", n // 2)):
         ordered = list(itertools.permutations(values[attribute], 2))
@@ -443,7 +453,7 @@ def arithmetic_grid(n_per_kind: int, seed: int, full: bool = False) -> list[Expr
     phrasing of every training caption that states all four attributes.
     """
     rng = np.random.default_rng(seed + (2 if full else 1))
-    colors, out = list(COLORS), []
+    colors, out = list(VALUES["color"]), []
     shape_swaps = [(c1, s1, c3, s2) for c1, c3 in itertools.permutations(colors, 2)
                    for s1, s2 in itertools.permutations(SHAPES, 2)]
     colour_swaps = [(c1, s1, c2, s3) for c1, c2 in itertools.permutations(colors, 2)
@@ -632,8 +642,7 @@ def paired_line(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> tuple
 def part_sdedit(run: Run, args: argparse.Namespace) -> str:
     rng = np.random.default_rng(run.seed + 2)
     attrs = [random_attributes(rng) for _ in range(args.edit_num)]
-    shift = int(rng.integers(len(COLORS) - 1))  # target colour: the other colours in a cycle from a seeded start
-    targets = [[c for c in COLORS if c != a["color"]][(i + shift) % (len(COLORS) - 1)] for i, a in enumerate(attrs)]
+    targets = other_colors(rng, attrs)
     src = model_sources(run, attrs, 20_000, args.smoke, "sdedit")
     kept = src.kept
     if not kept:
@@ -876,8 +885,7 @@ Example (columns: source, ODE, SDE at t0 = {t0:g}; the first {cases} sources, no
 def part_inversion(run: Run, args: argparse.Namespace) -> str:
     rng = np.random.default_rng(run.seed + 4)
     attrs = [random_attributes(rng) for _ in range(args.invert_num)]
-    shift = int(rng.integers(len(COLORS) - 1))
-    targets = [[c for c in COLORS if c != a["color"]][(i + shift) % (len(COLORS) - 1)] for i, a in enumerate(attrs)]
+    targets = other_colors(rng, attrs)
     src = model_sources(run, attrs, 40_000, args.smoke, "inversion")
     kept = src.kept
     if not kept:
@@ -1006,6 +1014,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (default fp32, faster on these CPUs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude-colors", nargs="+", default=[],
+                        help="palette colours no prompt uses (for a model trained without them, e.g. magenta)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out-dir", default=None,
                         help="where the example PNG and GIF go (default docs/; with --smoke a temporary folder)")
@@ -1037,6 +1047,12 @@ def main() -> None:
     drag.add_argument("--drag-prompt", choices=("none", "source", "target"), default="none",
                       help="which position the completing prompt states: none (default), the source's, the target's")
     args = parser.parse_args()
+    if args.exclude_colors:
+        unknown = sorted(set(args.exclude_colors) - set(COLORS))
+        if unknown or len(COLORS) - len(set(args.exclude_colors)) < 3:
+            parser.error(f"--exclude-colors takes palette colours ({', '.join(COLORS)}) and leaves at least 3; "
+                         f"got {', '.join(args.exclude_colors)}")
+        VALUES["color"] = tuple(c for c in COLORS if c not in args.exclude_colors)  # every part draws from VALUES
     if args.smoke:
         args.num_pairs, args.num_frames, args.num_steps = 3, 5, 10
         args.num_combos, args.num_seeds, args.headline_seeds = 2, 2, 2
