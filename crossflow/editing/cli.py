@@ -7,10 +7,12 @@
     crossflow edit cycle       --ckpt CKPT --image img.png --source-prompt "a red square" --target-prompt "a blue square"
     crossflow edit drag        --ckpt CKPT --image img.png --prompt "a red square" --from 8 8 --to 24 24 --method sde
     crossflow edit sigma       --ckpt CKPT --prompt "a red circle"       # is there noise in the VE to use?
+    crossflow edit attention   --ckpt CKPT --prompt "a blue circle" --edit "a red circle" --lam 1.0 --tau 0.5
 
 Every verb writes PNGs (and JSON where there are numbers) to ``--out`` and prints what it wrote. The library
 behind it: crossflow/editing/latent_ops.py (posteriors, interpolation, arithmetic) and crossflow/editing/sde.py
-(SDE sampling, inversion, cycle-consistent encoding, SDEdit) and crossflow/editing/drag.py.
+(SDE sampling, inversion, cycle-consistent encoding, SDEdit), crossflow/editing/drag.py and
+crossflow/editing/attention.py (FluxSpace-style attention-output and text-latent edits).
 """
 
 from __future__ import annotations
@@ -151,6 +153,65 @@ def cmd_drag(args: argparse.Namespace) -> dict[str, Any]:
             "rho": args.rho, "files": ["source_and_drag.png"]}
 
 
+def cmd_attention(args: argparse.Namespace) -> dict[str, Any]:
+    from crossflow.editing import attention
+
+    pipe, out = _pipe(args), _out(args)
+    prompts = [args.prompt] * args.seeds
+    blocks = None if args.coarse else attention.AttentionEdit(
+        args.lam, args.tau, args.start_step, None if args.blocks is None else tuple(args.blocks),
+    ).check(len(pipe.model.flow.blocks), args.steps)  # block indices against the model, before any sampling
+    # The same seed for both: the edit's z_base is the plain sample's z_text, so "before" is its λ = 0 image.
+    before = pipe(prompts, num_steps=args.steps, guidance_scale=args.cfg_scale, generator=_generator(args),
+                  output_type="pt")
+    assert isinstance(before, torch.Tensor)
+    sampling: dict[str, Any] = dict(num_steps=args.steps, guidance_scale=args.cfg_scale, generator=_generator(args))
+    if args.coarse:
+        result = attention.edit_coarse(pipe, prompts, args.edit, args.lam, prior_prompt=args.prior_prompt, **sampling)
+        settings: dict[str, Any] = {"variant": "coarse (text latent)", "prior_prompt": args.prior_prompt}
+    else:
+        result = attention.edit_attention(pipe, prompts, args.edit, args.lam, args.tau, args.start_step, args.blocks,
+                                          **sampling)
+        settings = {"variant": "attention output", "tau": args.tau, "start_step": args.start_step,
+                    "blocks": list(blocks or ()),
+                    "edited_block_calls": result.edited_calls,
+                    "mask_coverage": None if result.mask_coverage is None else round(result.mask_coverage, 4)}
+    _save_row(before, out / "before.png")
+    _save_row(result.images, out / "after.png")
+    change = (result.images - before).abs().mean(dim=(1, 2, 3))
+    return {"prompt": args.prompt, "edit": args.edit, "lam": args.lam, **settings, "seeds": args.seeds,
+            "steps": args.steps, "cfg_scale": args.cfg_scale,
+            "mean_abs_pixel_change_per_image": [round(float(c), 5) for c in change],
+            "files": ["before.png", "after.png"]}
+
+
+def _tau(text: str) -> float | None:
+    """--tau: a number, or 'none' for no mask."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'none', got {text!r}") from None
+
+
+def _check_attention_args(args: argparse.Namespace) -> None:
+    """The attention verb's flags, checked before the model loads (block indices need the model: checked there)."""
+    from crossflow.editing.attention import check_lambda, check_tau
+
+    check_lambda(args.lam)
+    if args.coarse:
+        if args.tau is not None or args.start_step != 0 or args.blocks is not None:
+            raise CrossFlowError("--tau, --start-step and --blocks set the attention edit; --coarse edits the text "
+                                 "latent and takes only --lam (and --prior-prompt)")
+        return
+    check_tau(args.tau)
+    if not 0 <= args.start_step < args.steps:
+        raise CrossFlowError(f"--start-step must be in [0, {args.steps - 1}] (--steps {args.steps}), got {args.start_step}")
+    if args.blocks is not None and min(args.blocks) < 0:
+        raise CrossFlowError(f"block {min(args.blocks)} is out of range: block indices start at 0")
+
+
 def cmd_sigma(args: argparse.Namespace) -> dict[str, Any]:
     pipe = _pipe(args)
     return latent_ops.sigma_stats(latent_ops.text_posterior(pipe, args.prompt))
@@ -221,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("sigma", cmd_sigma, "the VE posterior's σ statistics for prompts (how much noise there is to edit with)")
     p.add_argument("--prompt", nargs="+", required=True)
+
+    p = verb("attention", cmd_attention,
+             "edit a prompt's images towards another prompt in the attention outputs (FluxSpace), or in z_text (--coarse)")
+    p.add_argument("--prompt", required=True, help="what to generate (the 'before' images)")
+    p.add_argument("--edit", required=True, help="the edit prompt, e.g. the same caption with another colour")
+    p.add_argument("--lam", type=float, default=1.0, help="edit strength λ (0: the plain images; default 1)")
+    p.add_argument("--tau", type=_tau, default=None,
+                   help="mask threshold in (0, 1): edit only the tokens the edit changes most; 'none' (default): no mask")
+    p.add_argument("--start-step", type=int, default=0, help="edit from this sampler step on (default 0: every step)")
+    p.add_argument("--blocks", type=int, nargs="+", default=None, help="flow block indices to edit (default: all)")
+    p.add_argument("--coarse", action="store_true",
+                   help="the coarse variant: z = z_base + λ·(d − proj_{z_prior} d), d = z_edit − z_base, no hook")
+    p.add_argument("--prior-prompt", default="", help="--coarse: z_prior is this prompt's VE mean (default: empty)")
+    p.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
     return parser
 
 
@@ -247,6 +322,8 @@ def run(args: argparse.Namespace) -> None:
         raise CrossFlowError(f"--seeds must be positive, got {args.seeds}")
     if args.verb == "arithmetic":
         latent_ops.parse_expression(args.expr)
+    if args.verb == "attention":
+        _check_attention_args(args)
     result = args.fn(args)
     if args.verb != "sigma":
         out = _out(args)

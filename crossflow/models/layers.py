@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -196,9 +197,15 @@ class AdaLNBlock(nn.Module):
         c: torch.Tensor,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
+        attn_out_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``attn_out_hook``: called with the self-attention output (B, N, D) before the adaLN gate scales it; what
+        it returns takes its place (attention-output editing, crossflow/editing/attention.py). None: no call."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        attn = self.attn(modulate(self.norm1(x), shift1, scale1))
+        if attn_out_hook is not None:
+            attn = attn_out_hook(attn)
+        x = x + gate1[:, None] * attn
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block cross-attends to text tokens: pass context")

@@ -8,7 +8,10 @@ inputs of :meth:`FlowTransformer.forward` (and cross-attention blocks, ``FlowTra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import nn
@@ -75,6 +78,12 @@ PRESETS: dict[str, FlowTransformerConfig] = {
 }
 
 
+AttnOutHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``hook(block, t, out) -> out'``: block index, the forward's per-sample time t (B,), and that block's self-attention
+output (B, N, D) — N = 1 + patches, the indicator token first — before the adaLN gate scales it. Return ``out``
+itself to leave the block as it is (see :meth:`FlowTransformer.attention_output_hook`)."""
+
+
 class FlowTransformer(nn.Module):
     """v_θ(x_t, t, indicator) -> velocity with the shape of x_t."""
 
@@ -98,6 +107,8 @@ class FlowTransformer(nn.Module):
         self.pixel_head = PixelHead(config.pixel_head, c) if config.pixel_head else None
         # Recompute each block's activations in backward instead of storing them (crossflow.parallel sets it).
         self.activation_checkpointing = False
+        # Set only inside attention_output_hook(); None keeps forward on its plain path.
+        self._attn_out_hook: AttnOutHook | None = None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -115,6 +126,30 @@ class FlowTransformer(nn.Module):
         nn.init.normal_(self.indicator_embed.weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+
+    @contextmanager
+    def attention_output_hook(self, hook: AttnOutHook) -> Iterator[FlowTransformer]:
+        """Within the block, every forward calls ``hook(block, t, out)`` on each block's self-attention output and
+        uses what it returns (:data:`AttnOutHook`); on leaving (also by an exception) the plain forward is back.
+
+        Without a hook the forward runs exactly as before (one ``is None`` check), so this costs nothing unless
+        used. Hooks do not nest: one callable sees every block and decides per block index what to change.
+        """
+        if self._attn_out_hook is not None:
+            raise RuntimeError("an attention-output hook is already set on this flow transformer (hooks do not nest)")
+        # object.__setattr__: a hook that is an nn.Module must not become a submodule (and enter the state dict).
+        object.__setattr__(self, "_attn_out_hook", hook)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "_attn_out_hook", None)
+
+    def _hooked_block(
+        self, block: nn.Module, args: tuple, block_hook: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False, attn_out_hook=block_hook)
+        return block(*args, attn_out_hook=block_hook)
 
     def forward(
         self,
@@ -143,9 +178,12 @@ class FlowTransformer(nn.Module):
         c = self.time_embed(t)
         if pooled is not None:
             c = c + pooled
-        for block in self.blocks:
+        hook = self._attn_out_hook
+        for index, block in enumerate(self.blocks):
             args = (h, c) if context is None else (h, c, context, context_mask)
-            if self.activation_checkpointing and torch.is_grad_enabled():
+            if hook is not None:
+                h = self._hooked_block(block, args, partial(hook, index, t))
+            elif self.activation_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, *args, use_reentrant=False)
             else:
                 h = block(*args)
