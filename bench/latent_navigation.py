@@ -126,7 +126,7 @@ from crossflow.inference import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "latent_navigation"
-COMMAND = "python bench/latent_navigation.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt"
+COMMAND = "python bench/latent_navigation.py --ckpt {ckpt}{exclude}"  # the parts each state their own checkpoint
 # The generator's first training template, "a [{size} ]{color} {shape}[ {pos}]": captions the model was trained
 # on ("a small red circle in the center"; "a red circle" when size and position are left out, as 15% each are).
 TEMPLATE = TRAIN_TEMPLATES[0]
@@ -1081,7 +1081,9 @@ def main() -> None:
     if args.smoke:
         print(section_body(done))
         return
-    update_section(SECTION, "Latent navigation: σ, interpolation, arithmetic, SDEdit and drag", COMMAND,
+    exclude = f" --exclude-colors {' '.join(args.exclude_colors)}" if args.exclude_colors else ""
+    update_section(SECTION, "Latent navigation: σ, interpolation, arithmetic, SDEdit, drag and inversion",
+                   COMMAND.format(ckpt=args.ckpt, exclude=exclude),
                    section_body({**previous_parts(), **done}))
 
 
