@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("invert", cmd_invert, "image -> z_text by the ODE backwards, then forward again", cfg=1.0)
     p.add_argument("--image", nargs="+", required=True, help="image file(s) at the model's resolution")
-    p.add_argument("--solver", choices=["euler", "heun"], default="euler")
+    p.add_argument("--solver", choices=["euler", "heun", "fixed-point"], default="euler",
+                   help="inversion solver; fixed-point inverts forward Euler's step exactly (11 NFE a step), "
+                        "regeneration then runs Euler")
 
     p = verb("sdedit", cmd_sdedit, "SDEdit: start at x_t0 = (1 - t0) z_text(prompt) + t0 z_image(source)")
     p.add_argument("--image", nargs="+", required=True)

@@ -177,6 +177,14 @@ def test_invert_then_generate_returns_close_to_the_start(pipe: CrossFlowPipeline
     assert errors[200] < 1e-4
     heun = invert_ode(vf, x1, 50, solver="heun")
     assert _mse(integrate(vf, heun, 50, solver="heun").x, x1) < errors[50]
+    # fixed-point: the exact inverse of forward Euler's step, so the round trip closes up to the iteration residual.
+    fixed = invert_ode(vf, x1, 10, solver="fixed-point", iters=30)
+    assert _mse(integrate(vf, fixed, 10).x, x1) < 1e-12 < errors[200]
+    assert _mse(integrate(vf, invert_ode(vf, x1, 10, solver="fixed-point", iters=2), 10).x, x1) < errors[10]
+    assert _mse(integrate(vf, invert_ode(vf, x1, 10, solver="fixed-point", iters=20, damping=1.0), 10).x, x1) < 1e-12
+    for bad in ({"iters": -1}, {"damping": 0.0}, {"damping": 1.5}):
+        with pytest.raises(ValueError, match="iters must be >= 0 and damping"):
+            invert_ode(vf, x1, 10, solver="fixed-point", **bad)
     # Partial inversion to t_end, then forward from t_end over the same grid.
     z = invert_ode(vf, x1, 50, t_end=0.5)
     assert _mse(_forward(vf, z, 0.5), x1) < errors[10]
