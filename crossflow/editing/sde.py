@@ -271,12 +271,12 @@ def invert_ode(
     ``heun``: that as a predictor x̃, then x ← x − h/2·(v(x, t_next) + v(x̃, t)), 2 NFE per step. Forward Euler
     evaluates at the earlier end instead, so the round trip inverse → forward misses by O(h) (O(h²) with heun).
     ``fixed-point``: the exact inverse of forward Euler's step x_late = x + h·v(x, t_early), solved for x by
-    ``iters`` damped fixed-point iterations x ← (1 − β)·x + β·(x_late − h·v(x, t_early)), β = ``damping``, from the
-    ``euler`` guess (1 + ``iters`` NFE per step); forward Euler on the same grid then returns to x1 up to the
-    iteration's residual. The choice when the regenerated image must match: a trained flow from a narrow text
+    ``iters`` damped fixed-point iterations x ← (1 − β)·x + β·(x_late − h·v(x, t_early)), β = ``damping`` halved per
+    sample wherever an iterate's residual does not fall (:func:`_fixed_point_step`), from the ``euler`` guess
+    (1 + ``iters`` NFE per step); forward Euler on the same grid then returns to x1 up to the residual left. The choice when the regenerated image must match: a trained flow from a narrow text
     posterior expands strongly (h·J_v has eigenvalues well above 1), so the explicit inverses' O(h) error is
-    amplified on the way forward, and the undamped iteration (β = 1) diverges there; with β = 1/2 it contracts
-    for any real eigenvalue of h·J_v in (−1, 3).
+    amplified on the way forward, and the undamped iteration (β = 1) diverges there (β contracts for real
+    eigenvalues of h·J_v in (−1, 2/β − 1)).
     CrossFlow's velocity takes no text: the inversion needs only the indicator (conditional, guided or not);
     the prompt matters only where the inverted z_text is read as a draw of some posterior.
     """
@@ -295,9 +295,32 @@ def invert_ode(
             x = x - 0.5 * h * (v + velocity_fn(x_pred, _batch_time(t_early, x)))
             continue
         x_late, x = x, x - h * v
-        for _ in range(iters if solver == "fixed-point" else 0):
-            x = (1 - damping) * x + damping * (x_late - h * velocity_fn(x, _batch_time(t_early, x)))
+        if solver == "fixed-point":
+            x = _fixed_point_step(velocity_fn, x, x_late, h, t_early, iters, damping)
     return x
+
+
+def _fixed_point_step(velocity_fn: VelocityFn, x: torch.Tensor, x_late: torch.Tensor, h: torch.Tensor,
+                      t_early: torch.Tensor, iters: int, damping: float) -> torch.Tensor:
+    """Solve x + h·v(x, t_early) = x_late for x by damped fixed-point iteration from ``x``, one β per sample.
+
+    Each evaluation of the map G(x) = x_late − h·v(x, t_early) also gives x's residual ‖x − G(x)‖. An iterate whose
+    residual did not fall is rejected: its sample halves β and steps again from its last accepted iterate (a guided
+    flow is steeper than a plain one, and a β that contracts one sample may overshoot on another). ``iters``
+    evaluations; returns each sample's last accepted (lowest-residual) iterate.
+    """
+    beta = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), damping, dtype=x.dtype, device=x.device)
+    kept, kept_g = x, x
+    kept_res = torch.full_like(beta, math.inf)
+    for _ in range(iters):
+        g = x_late - h * velocity_fn(x, _batch_time(t_early, x))
+        res = (x - g).flatten(1).norm(dim=1).view_as(beta)
+        accept = res < kept_res
+        kept, kept_g = torch.where(accept, x, kept), torch.where(accept, g, kept_g)
+        kept_res = torch.where(accept, res, kept_res)
+        beta = torch.where(accept, beta, beta / 2)
+        x = (1 - beta) * kept + beta * kept_g
+    return kept
 
 
 def cycle_encode(
