@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--num-finetune", type=int, default=400, help="magenta training images")
     parser.add_argument("--num-replay", type=int, default=1200, help="old-colour samples replayed with them")
+    parser.add_argument("--replay-full-lr", type=float, default=2e-4, help="full fine-tune learning rate with replay")
+    parser.add_argument("--replay-lora-lr", type=float, default=1e-3, help="LoRA learning rate with replay")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pre-training run")
     parser.add_argument("--num-eval", type=int, default=256, help="prompts per group (new colour / old colours)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -81,8 +83,11 @@ def main() -> None:
     tuned = {}
     for replay in (False, True):
         shards = f"[{data / 'new' / 'train'},{data / 'replay' / 'train'}]" if replay else str(data / "new" / "train")
-        for mode, lr in (("full", 2e-4), ("lora", 1e-3)):  # the learning rates of configs/finetune.yaml
-            run_dir = work / f"finetune_{mode}{'_replay' if replay else ''}"
+        # configs/finetune.yaml's learning rates; the replay runs' own with --replay-full-lr / --replay-lora-lr.
+        rates = {"full": args.replay_full_lr, "lora": args.replay_lora_lr} if replay else {"full": 2e-4, "lora": 1e-3}
+        for mode, lr in rates.items():
+            suffix = f"_replay{'' if (mode, lr) in (('full', 2e-4), ('lora', 1e-3)) else f'_lr{lr:g}'}" if replay else ""
+            run_dir = work / f"finetune_{mode}{suffix}"
             tuned[mode, replay] = train(
                 ["configs/finetune.yaml"], run_dir, shards, data / "new" / "val", args.finetune_steps,
                 [*checkpoint_callbacks(run_dir, 0.995, lora=mode == "lora"), f"--model.finetune.init_from={base}",
@@ -96,7 +101,8 @@ def main() -> None:
     models = {"pre-trained (no magenta)": base}
     for replay in (False, True):
         for mode, label in (("full", "full"), ("lora", "LoRA")):
-            models[f"{label} fine-tune{', replay' if replay else ''}"] = tuned[mode, replay]
+            lr = {"full": args.replay_full_lr, "lora": args.replay_lora_lr}[mode]
+            models[f"{label} fine-tune{f', replay, lr {lr:g}' if replay else ''}"] = tuned[mode, replay]
     rows, results = [], {}
     for name, ckpt in models.items():
         s = results[name] = score(ckpt, prompts, args.precision == "bf16")
@@ -112,7 +118,8 @@ def main() -> None:
     verdict_lines = "\n".join(verdict)
     body = f"""Pre-training: the demo recipe ({args.pretrain_steps} steps) on 20,000 shapes samples with every {NEW} one held out.
 Fine-tuning: {args.finetune_steps} steps (configs/finetune.yaml; full: lr 2e-4, LoRA: rank 8 on the flow transformer's
-qkv/proj/fc1/fc2, lr 1e-3, VE frozen) on {args.num_finetune} {NEW} images alone, or with replay: the same
+qkv/proj/fc1/fc2, lr 1e-3, VE frozen; with replay full lr {args.replay_full_lr:g}, LoRA lr {args.replay_lora_lr:g})
+on {args.num_finetune} {NEW} images alone, or with replay: the same
 {args.num_finetune} plus {args.num_replay} old-colour samples from the pre-training distribution as a second shard
 folder (`--data.train_shards=[new,replay]`). Evaluation: {args.num_eval} fresh prompts (seed {EVAL_SEED}) in {NEW}
 ("new") and {args.num_eval} in the six old colours ("old"), {DEFAULT_NUM_STEPS} Euler steps, guidance
