@@ -52,8 +52,7 @@ import argparse
 import contextlib
 import datetime
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import table, update_section  # noqa: E402
+from smoke import output_dir, random_pipeline  # noqa: E402
 
 from crossflow.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TRAIN_TEMPLATES, fill_template  # noqa: E402
 from crossflow.editing.attention import (  # noqa: E402
@@ -355,33 +355,6 @@ def part_kind(run: Run, kind: Kind, index: int, args: argparse.Namespace) -> tup
 # ------------------------------------------------------------------------------------------------ the script
 
 
-def random_pipeline(seed: int = 0) -> CrossFlowPipeline:
-    """A randomly initialised model of the demo's shape (ModelConfig defaults: 32 px pixels, MiniLM, tiny flow)."""
-    from crossflow.config import ModelConfig
-    from crossflow.models.flow_model import build_model
-    from crossflow.models.text_encoder import FrozenTextEncoder
-
-    config = ModelConfig()
-    torch.manual_seed(seed)
-    text_encoder = FrozenTextEncoder(config.text_encoder)
-    model = build_model(config, text_dim=text_encoder.hidden_size)
-    with torch.no_grad():  # off the zero init, so the flow (and its attention) shapes the output
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return CrossFlowPipeline(config, model.eval(), text_encoder)
-
-
-@contextlib.contextmanager
-def output_dir(args: argparse.Namespace) -> Iterator[Path]:
-    if args.out_dir is not None:
-        yield Path(args.out_dir)
-    elif args.smoke:  # never overwrite the docs' example with a random model's
-        with tempfile.TemporaryDirectory(prefix="attention_edit_") as tmp:
-            yield Path(tmp)
-    else:
-        yield ROOT / "docs"
-
-
 def save_example(out: Path, examples: dict[str, list[torch.Tensor]]) -> Path | None:
     """One block of rows per kind: source, then each method at λ = 1 (columns: the first 4 cases)."""
     rows = [row for name in examples for row in examples[name]]
@@ -448,7 +421,7 @@ def main() -> None:
         parts.append(text)
         if not args.smoke:
             print(text, flush=True)
-    with output_dir(args) as out:
+    with output_dir(args.out_dir, args.smoke, "attention_edit_") as out:
         example = save_example(out, examples)
         rel = example.name if example is not None and not args.smoke else None
         body = "\n\n".join([

@@ -76,8 +76,7 @@ import itertools
 import math
 import re
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +86,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, table, update_section  # noqa: E402
+from smoke import output_dir, random_pipeline  # noqa: E402
 
 from crossflow.data.shapes import (  # noqa: E402
     ATTRIBUTES,
@@ -993,33 +993,6 @@ def checkpoint_label(path: Path) -> str:
     return f"`{path}`{note}"
 
 
-def random_pipeline(seed: int = 0) -> CrossFlowPipeline:
-    """A randomly initialised model of the demo's shape (ModelConfig defaults: 32 px pixels, MiniLM, tiny flow)."""
-    from crossflow.config import ModelConfig
-    from crossflow.models.flow_model import build_model
-    from crossflow.models.text_encoder import FrozenTextEncoder
-
-    config = ModelConfig()
-    torch.manual_seed(seed)
-    text_encoder = FrozenTextEncoder(config.text_encoder)
-    model = build_model(config, text_dim=text_encoder.hidden_size)
-    with torch.no_grad():  # off the zero init, so the flow shapes the output (as tests/test_inference.py)
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return CrossFlowPipeline(config, model.eval(), text_encoder)
-
-
-@contextlib.contextmanager
-def output_dir(args: argparse.Namespace) -> Iterator[Path]:
-    if args.out_dir is not None:
-        yield Path(args.out_dir)
-    elif args.smoke:  # never overwrite the docs' example with a random model's
-        with tempfile.TemporaryDirectory(prefix="latent_navigation_") as tmp:
-            yield Path(tmp)
-    else:
-        yield ROOT / "docs"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="checkpoint or saved model folder (CrossFlowPipeline.from_pretrained)")
@@ -1085,7 +1058,7 @@ def main() -> None:
     if not 1 <= args.drag_patch <= pipe.config.codec.image_size:
         parser.error(f"--drag-patch must be between 1 and the image size {pipe.config.codec.image_size}")
 
-    with output_dir(args) as out:
+    with output_dir(args.out_dir, args.smoke, "latent_navigation_") as out:
         run = Run(pipe, label, args.num_steps, args.guidance, args.bf16, args.seed, out)
         done = {}
         for name in args.parts:
