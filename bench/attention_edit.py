@@ -82,7 +82,6 @@ from crossflow.inference import (  # noqa: E402
     to_pil,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 SECTION = "attention_edit"
 COMMAND = "python bench/attention_edit.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt"
 TEMPLATE = TRAIN_TEMPLATES[0]  # "a [{size} ]{color} {shape}[ {pos}]": the captions the model trained on

@@ -128,7 +128,6 @@ from crossflow.inference import (  # noqa: E402
     to_pil,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 SECTION = "latent_navigation"
 COMMAND = "python bench/latent_navigation.py --ckpt {ckpt}{exclude}"  # the parts each state their own checkpoint
 # The generator's first training template, "a [{size} ]{color} {shape}[ {pos}]": captions the model was trained
