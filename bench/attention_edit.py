@@ -61,7 +61,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import table, update_section  # noqa: E402
+from results import join_parts, section_parts, table, update_section  # noqa: E402
 from smoke import output_dir, random_pipeline  # noqa: E402
 
 from crossflow.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, TRAIN_TEMPLATES, fill_template  # noqa: E402
@@ -83,7 +83,11 @@ from crossflow.inference import (  # noqa: E402
 )
 
 SECTION = "attention_edit"
-COMMAND = "python bench/attention_edit.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt"
+KINDS = ("colour", "position", "shape")
+INTRO = ("FluxSpace-style edits (crossflow.editing.attention) against a plain prompt change and z_text arithmetic on "
+         "the same cases and noise; see bench/attention_edit.py for the definitions. Each kind below is written by "
+         "its own `--kinds` run and states its checkpoint and settings.")
+COMMAND = "python bench/attention_edit.py --ckpt {ckpt} [--kinds colour position shape]"
 TEMPLATE = TRAIN_TEMPLATES[0]  # "a [{size} ]{color} {shape}[ {pos}]": the captions the model trained on
 BATCH = 64
 STILL_PX = 2.0
@@ -354,15 +358,14 @@ def part_kind(run: Run, kind: Kind, index: int, args: argparse.Namespace) -> tup
 # ------------------------------------------------------------------------------------------------ the script
 
 
-def save_example(out: Path, examples: dict[str, list[torch.Tensor]]) -> Path | None:
-    """One block of rows per kind: source, then each method at λ = 1 (columns: the first 4 cases)."""
-    rows = [row for name in examples for row in examples[name]]
+def save_example(out: Path, name: str, rows: list[torch.Tensor]) -> Path | None:
+    """One kind's example grid: source, then each method at λ = 1 (columns: the first 4 cases)."""
     if not rows:
         return None
     width = max(len(r) for r in rows)
     images = [im for r in rows for im in list(to_pil(r)) + [to_pil(torch.zeros_like(r[:1]))[0]] * (width - len(r))]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "attention_edit_example.png"
+    path = out / f"attention_edit_{name}.png"
     make_grid(images, columns=width).save(path)
     return path
 
@@ -370,8 +373,8 @@ def save_example(out: Path, examples: dict[str, list[torch.Tensor]]) -> Path | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", type=Path, help="checkpoint or saved model folder (CrossFlowPipeline.from_pretrained)")
-    parser.add_argument("--kinds", nargs="+", choices=("colour", "position", "shape"),
-                        default=["colour", "position", "shape"])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        help="edit kinds to run now; the others keep their part of docs/results.md")
     parser.add_argument("--cases", type=int, default=200, help="sources per kind (the first read right)")
     parser.add_argument("--num-prompts", type=int, default=300, help="candidate prompts per kind")
     parser.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0], help="edit strengths")
@@ -413,30 +416,28 @@ def main() -> None:
     targets = {"colour": ("color", args.color_target), "position": ("position", args.position_target),
                "shape": ("shape", args.shape_target)}
     run = Run(pipe, label, args.num_steps, args.guidance, args.bf16, args.seed, progress=not args.smoke)
-    parts, examples = [], {}
-    for index, name in enumerate(args.kinds):
-        kind = Kind(name, *targets[name])
-        text, examples[name] = part_kind(run, kind, index, args)
-        parts.append(text)
-        if not args.smoke:
-            print(text, flush=True)
+    settings = run.settings() + (f" Attention edits at blocks {args.blocks or 'all'}, from step {args.start_step}; "
+                                 f"'fine τ' masks at τ = {args.tau:g}; {args.cases} cases of {args.num_prompts} "
+                                 "candidate prompts.")
+    parts = {}
     with output_dir(args.out_dir, args.smoke, "attention_edit_") as out:
-        example = save_example(out, examples)
-        rel = example.name if example is not None and not args.smoke else None
-        body = "\n\n".join([
-            "FluxSpace-style edits (crossflow.editing.attention) against a plain prompt change and z_text arithmetic on "
-            "the same cases and noise; see bench/attention_edit.py for the definitions.",
-            run.settings() + (f" Attention edits at blocks {args.blocks or 'all'}, from step {args.start_step}; "
-                              f"'fine τ' masks at τ = {args.tau:g}."),
-            *parts,
-            *([f"Example (per kind: source, then prompt, arithmetic, coarse, fine, fine τ at λ = 1; the first 4 cases, "
-               f"not chosen by outcome):\n\n![attention edit example]({rel})"] if rel else []),
-        ])
-        if args.smoke:
-            print(body)
-            print(f"(smoke: example written to {example})")
-            return
-    update_section(SECTION, "Attention-output editing (FluxSpace-style) on the shapes model", COMMAND, body)
+        for index, name in enumerate(args.kinds):
+            kind = Kind(name, *targets[name])
+            text, rows = part_kind(run, kind, index, args)
+            example = save_example(out, name, rows)
+            if example is not None:
+                text += (f"\nExample (source, then prompt, arithmetic, coarse, fine, fine τ at λ = 1; the first 4 "
+                         f"cases, not chosen by outcome):\n\n![{name} edit example]({example.name})\n")
+            # Each kind is its own part (its settings with it), so kinds can run as separate processes.
+            parts[name] = settings + "\n\n" + text
+            print(parts[name], flush=True)
+            if args.smoke:
+                print(f"(smoke: example written to {example})")
+    if args.smoke:
+        return
+    body = INTRO + "\n\n" + join_parts(list(KINDS), {**section_parts(SECTION), **parts})
+    update_section(SECTION, "Attention-output editing (FluxSpace-style) on the shapes model",
+                   COMMAND.format(ckpt=args.ckpt), body)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,6 @@ import contextlib
 import datetime
 import itertools
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import RESULTS, table, update_section  # noqa: E402
+from results import join_parts, section_parts, table, update_section  # noqa: E402
 from smoke import output_dir, random_pipeline  # noqa: E402
 
 from crossflow.data.shapes import (  # noqa: E402
@@ -965,20 +964,10 @@ PARTS: dict[str, tuple[str, Callable[[Run, argparse.Namespace], str]]] = {
 INTRO = """How well moving CrossFlow's text latent z_text moves the image on the shapes model, measured with the pixel
 evaluator (crossflow.eval.shapes) and the path read-outs of crossflow.editing.measure. Each part below is written by
 its own `--parts` run and states its checkpoint and settings."""
-_PART_BLOCK = re.compile(r"<!-- part (\w+) -->\n(.*?)\n<!-- /part \1 -->", re.S)
-
-
-def previous_parts() -> dict[str, str]:
-    """The part blocks of the section as docs/results.md holds it now (kept for the parts not run now)."""
-    if not RESULTS.exists():
-        return {}
-    found = re.search(rf"<!-- BEGIN {SECTION} -->(.*?)<!-- END {SECTION} -->", RESULTS.read_text(), re.S)
-    return dict(_PART_BLOCK.findall(found.group(1))) if found else {}
 
 
 def section_body(parts: dict[str, str]) -> str:
-    blocks = [f"<!-- part {name} -->\n{parts[name].strip()}\n<!-- /part {name} -->" for name in PARTS if name in parts]
-    return INTRO + "\n\n" + "\n\n".join(blocks)
+    return INTRO + "\n\n" + join_parts(list(PARTS), parts)
 
 
 def checkpoint_label(path: Path) -> str:
@@ -1070,7 +1059,7 @@ def main() -> None:
     exclude = f" --exclude-colors {' '.join(args.exclude_colors)}" if args.exclude_colors else ""
     update_section(SECTION, "Latent navigation: σ, interpolation, arithmetic, SDEdit, drag and inversion",
                    COMMAND.format(ckpt=args.ckpt, exclude=exclude),
-                   section_body({**previous_parts(), **done}))
+                   section_body({**section_parts(SECTION), **done}))
 
 
 if __name__ == "__main__":

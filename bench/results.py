@@ -36,6 +36,25 @@ def update_section(name: str, title: str, command: str, body: str) -> None:
     print(f"updated section '{name}' of {RESULTS}")
 
 
+_PART_BLOCK = re.compile(r"<!-- part (\w+) -->\n(.*?)\n<!-- /part \1 -->", re.S)
+
+
+def section_parts(name: str) -> dict[str, str]:
+    """The ``<!-- part X -->`` blocks of section ``name`` as docs/results.md holds it now.
+
+    Benches whose parts run separately (``--parts``, ``--kinds``) keep the parts not run now from here.
+    """
+    if not RESULTS.exists():
+        return {}
+    found = re.search(rf"<!-- BEGIN {re.escape(name)} -->(.*?)<!-- END {re.escape(name)} -->", RESULTS.read_text(), re.S)
+    return dict(_PART_BLOCK.findall(found.group(1))) if found else {}
+
+
+def join_parts(order: list[str], parts: dict[str, str]) -> str:
+    """The parts in ``order`` (those present), each wrapped in its markers for :func:`section_parts`."""
+    return "\n\n".join(f"<!-- part {k} -->\n{parts[k].strip()}\n<!-- /part {k} -->" for k in order if k in parts)
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A markdown table."""
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
