@@ -13,7 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("crossflow.prepare", "turn image folders / jsonl / csv / web shards into training shards"),
     "sample": ("crossflow.sample_cli", "generate images from a checkpoint"),
     "eval": ("crossflow.eval.run", "generate for a prompt set and measure: shapes accuracy, FID/KID, alignment"),
-    "edit": ("crossflow.editing.cli", "text-latent tools: interpolate, arithmetic, invert, sdedit, cycle, drag, sigma"),
+    "edit": ("crossflow.editing.cli", "latent and weight-space tools: interpolate, arithmetic, invert, sdedit, cycle, drag, sigma, attention, w2w-*"),
     "sweep": ("crossflow.eval.sweep", "shapes accuracy vs NFE over solvers, step counts and guidance scales"),
     "evaluate": ("crossflow.eval.evaluate", "score a checkpoint with the shapes evaluator"),
     "export": ("crossflow.checkpoint", "export a checkpoint's weights to safetensors"),

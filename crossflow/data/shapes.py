@@ -78,12 +78,21 @@ class ShapeAttributes:
 # --------------------------------------------------------------------------------------------- render
 
 
-def _shape_mask(shape: str, cx: float, cy: float, half: float, image_size: int) -> np.ndarray:
-    """Boolean (S, S) mask of the pixels whose centres lie inside the shape (no antialiasing)."""
+def _shape_mask(
+    shape: str, cx: float, cy: float, half: float, image_size: int, aspect: float = 1.0
+) -> np.ndarray:
+    """Boolean (S, S) mask of the pixels whose centres lie inside the shape (no antialiasing).
+
+    ``aspect`` (width / height, instance mode only) stretches the shape by √aspect horizontally and squeezes it by
+    √aspect vertically, so its area stays that of the unstretched shape; 1 leaves every coordinate untouched.
+    """
     # Pixel (row i, col j) covers [j, j+1) x [i, i+1); testing its centre keeps the fill crisp and exact.
     coords = np.arange(image_size, dtype=np.float64) + 0.5
     x = coords[None, :] - cx
     y = coords[:, None] - cy
+    if aspect != 1.0:
+        stretch = float(np.sqrt(aspect))
+        x, y = x / stretch, y * stretch
     if shape == "circle":
         return x**2 + y**2 <= half**2
     if shape == "square":
@@ -482,3 +491,126 @@ def make_prompts(
         seed, image_size=image_size, phrasing=phrasing, p_omit_size=0.0, p_omit_position=0.0, holdout=holdout
     )
     return generator.take(n)
+
+
+# ------------------------------------------------------------------------------------------- instances
+
+# Instance mode (weights2weights-style studies, crossflow/weight_space): an object *identity* the prompt vocabulary
+# cannot name — a continuous hue, size and aspect ratio — bound to a rare token, so only a fine-tune can learn it.
+INSTANCE_TOKEN = "sks"
+"""The rare token an instance is bound to (DreamBooth's choice; any word the captions never use works)."""
+INSTANCE_TEMPLATE = "a photo of {token}"
+"""The one caption every image of an instance carries."""
+INSTANCE_SIZE_RANGE: tuple[float, float] = (0.12, 0.24)
+"""Half-extent (geometric mean of half-width and half-height) as a fraction of S, drawn uniformly. The top end
+stays below the dataset's "large" (0.26) so that a stretched instance still fits beside a corner."""
+INSTANCE_ASPECT_RANGE: tuple[float, float] = (0.625, 1.6)
+"""Width / height, drawn log-uniformly (as many tall as wide instances)."""
+INSTANCE_MARGIN = 1.0
+"""Pixels kept black between an instance and the canvas edge (its centre is clamped inward to keep them)."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One object identity: a shape in a hue, size and aspect ratio of its own (rendered at full saturation)."""
+
+    shape: str
+    hue: float
+    """Hue in degrees [0, 360): rendered as HSV(hue, 1, 1), in general none of the seven palette colours."""
+    size: float
+    """Half-extent as a fraction of S: √(half-width · half-height), the radius / half side / half height of the
+    unstretched shape."""
+    aspect: float
+    """Width / height of the shape's bounding box (1: the dataset's own proportions)."""
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise ValueError(f"Unknown shape {self.shape!r}; expected one of {list(SHAPES)}.")
+        if not 0.0 <= self.hue < 360.0:
+            raise ValueError(f"hue must be in [0, 360) degrees, got {self.hue}.")
+        if not 0.0 < self.size < 0.5:
+            raise ValueError(f"size must be a half-extent fraction in (0, 0.5), got {self.size}.")
+        if not 0.1 <= self.aspect <= 10.0:
+            raise ValueError(f"aspect must be in [0.1, 10], got {self.aspect}.")
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        """The fill colour: HSV(hue, 1, 1) in 0..255."""
+        return hue_to_rgb(self.hue)
+
+    def half_extents(self, image_size: int) -> tuple[float, float]:
+        """(half-width, half-height) in pixels at canvas side ``image_size``."""
+        half, stretch = self.size * image_size, float(np.sqrt(self.aspect))
+        return half * stretch, half / stretch
+
+    def to_dict(self) -> dict[str, float | str]:
+        """The attributes as a plain dict (JSON-ready)."""
+        return {"shape": self.shape, "hue": self.hue, "size": self.size, "aspect": self.aspect}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Instance:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["shape"]), float(data["hue"]), float(data["size"]), float(data["aspect"]))  # type: ignore[arg-type]
+
+
+def hue_to_rgb(hue: float) -> tuple[int, int, int]:
+    """HSV(hue°, 1, 1) -> RGB in 0..255 (the piecewise-linear hexcone of Smith 1978)."""
+    h = (hue % 360.0) / 60.0
+    x = 1.0 - abs(h % 2.0 - 1.0)
+    sector = int(h) % 6
+    r, g, b = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][sector]
+    return int(round(255 * r)), int(round(255 * g)), int(round(255 * b))
+
+
+def sample_instances(
+    n: int,
+    seed: int,
+    size_range: tuple[float, float] = INSTANCE_SIZE_RANGE,
+    aspect_range: tuple[float, float] = INSTANCE_ASPECT_RANGE,
+) -> list[Instance]:
+    """``n`` seed-deterministic instances: shape uniform, hue uniform on the circle, size uniform, aspect log-uniform."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}.")
+    if not 0 < size_range[0] <= size_range[1] < 0.5 or not 0 < aspect_range[0] <= aspect_range[1]:
+        raise ValueError(f"invalid ranges: size {size_range}, aspect {aspect_range}.")
+    rng = np.random.default_rng(seed)
+    log_lo, log_hi = np.log(aspect_range[0]), np.log(aspect_range[1])
+    return [
+        Instance(
+            shape=SHAPES[int(rng.integers(len(SHAPES)))],
+            hue=float(rng.uniform(0.0, 360.0)) % 360.0,
+            size=float(rng.uniform(*size_range)),
+            aspect=float(np.exp(rng.uniform(log_lo, log_hi))),
+        )
+        for _ in range(n)
+    ]
+
+
+def render_instance(
+    instance: Instance, image_size: int = 32, rng: np.random.Generator | None = None
+) -> Image.Image:
+    """Draw ``instance`` on a black S x S canvas. ``rng`` picks one of the five positions and jitters it, as the
+    dataset does (None: the centre, no jitter); the centre is then clamped so the object keeps
+    :data:`INSTANCE_MARGIN` pixels from every edge (a large stretched instance sits a little inside a corner)."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}.")
+    if rng is None:
+        fx, fy = POSITIONS["center"]
+        jx = jy = 0.0
+    else:
+        fx, fy = POSITIONS[tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]]
+        jx, jy = rng.uniform(-JITTER, JITTER, size=2)
+    half_w, half_h = instance.half_extents(image_size)
+    cx = float(np.clip((fx + jx) * image_size, half_w + INSTANCE_MARGIN, image_size - half_w - INSTANCE_MARGIN))
+    cy = float(np.clip((fy + jy) * image_size, half_h + INSTANCE_MARGIN, image_size - half_h - INSTANCE_MARGIN))
+    mask = _shape_mask(instance.shape, cx, cy, instance.size * image_size, image_size, aspect=instance.aspect)
+    pixels = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    pixels[mask] = instance.rgb
+    return Image.fromarray(pixels, mode="RGB")
+
+
+def instance_caption(token: str = INSTANCE_TOKEN) -> str:
+    """The caption of every image of an instance: ``"a photo of sks"``."""
+    if not token or not token.strip() or any(ch.isspace() for ch in token):
+        raise ValueError(f"the instance token must be one non-empty word, got {token!r}.")
+    return INSTANCE_TEMPLATE.format(token=token)

@@ -8,11 +8,17 @@
     crossflow edit drag        --ckpt CKPT --image img.png --prompt "a red square" --from 8 8 --to 24 24 --method sde
     crossflow edit sigma       --ckpt CKPT --prompt "a red circle"       # is there noise in the VE to use?
     crossflow edit attention   --ckpt CKPT --prompt "a blue circle" --edit "a red circle" --lam 1.0 --tau 0.5
+    crossflow edit w2w-train   --ckpt CKPT --instances 350 --rank 2 --train-steps 3000   # a bank of instance LoRAs
+    crossflow edit w2w-pca     --bank runs/edit/bank.safetensors --k 20 --holdout 50      # their weight space
+    crossflow edit w2w-sample  --ckpt CKPT --space runs/edit/space.safetensors --num 8     # new identities
+    crossflow edit w2w-edit    --ckpt CKPT --space SPACE --bank BANK --instance 310 --attribute aspect --amount 0.3
+    crossflow edit w2w-invert  --ckpt CKPT --space SPACE --image img.png                  # one image -> a model
 
 Every verb writes PNGs (and JSON where there are numbers) to ``--out`` and prints what it wrote. The library
 behind it: crossflow/editing/latent_ops.py (posteriors, interpolation, arithmetic) and crossflow/editing/sde.py
 (SDE sampling, inversion, cycle-consistent encoding, SDEdit), crossflow/editing/drag.py and
-crossflow/editing/attention.py (FluxSpace-style attention-output and text-latent edits).
+crossflow/editing/attention.py (FluxSpace-style attention-output and text-latent edits), crossflow/weight_space
+(the w2w-* verbs: weights2weights-style spaces of instance fine-tunes; docs/weight_space.md).
 """
 
 from __future__ import annotations
@@ -217,8 +223,182 @@ def cmd_sigma(args: argparse.Namespace) -> dict[str, Any]:
     return latent_ops.sigma_stats(latent_ops.text_posterior(pipe, args.prompt))
 
 
-def _common(p: argparse.ArgumentParser, steps: int = DEFAULT_NUM_STEPS, cfg: float = DEFAULT_GUIDANCE_SCALE) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt, sharded folder, .safetensors or saved folder)")
+# ------------------------------------------------------------------------------------------- weight space (w2w-*)
+
+
+def _w2w_space(args: argparse.Namespace, pipe: CrossFlowPipeline | None = None) -> Any:
+    """The --space file, checked against the --ckpt model when one is loaded."""
+    from crossflow.weight_space.bank import check_base
+    from crossflow.weight_space.space import WeightSpace
+
+    space = WeightSpace.load(args.space)
+    if pipe is not None:
+        check_base(space.metadata.get("base_config"), pipe.model, f"space {args.space}")
+    return space
+
+
+def _w2w_sample(pipe: CrossFlowPipeline, space: Any, prompt: Any, vector: torch.Tensor, args: argparse.Namespace,
+                **kw: Any) -> torch.Tensor:
+    from crossflow.weight_space.generate import sample_instance
+
+    return sample_instance(pipe, prompt, space.metadata.get("kind", "lora"), vector, args.seeds, _generator(args),
+                           num_steps=args.steps, guidance_scale=args.cfg_scale,
+                           targets=tuple(space.metadata.get("targets", ("q", "v"))), **kw)
+
+
+def _identity(images: torch.Tensor) -> dict[str, Any]:
+    """What the instance evaluator reads off a model's images: one identity, and whether every seed agrees."""
+    from crossflow.eval.instances import consistent, measure_instance, summary
+
+    readings = [measure_instance(image) for image in images]
+    identity = summary(readings)
+    return {"identity": None if identity is None else {k: round(v, 4) if isinstance(v, float) else v
+                                                       for k, v in identity.to_dict().items()},
+            "consistent": consistent(readings), "objects_found": sum(r is not None for r in readings)}
+
+
+def cmd_w2w_train(args: argparse.Namespace) -> dict[str, Any]:
+    from crossflow.data.shapes import sample_instances
+    from crossflow.weight_space.bank import save_bank
+    from crossflow.weight_space.generate import render_references, sample_instance
+    from crossflow.weight_space.objective import encode_prompt
+    from crossflow.weight_space.training import BankTrainConfig, train_bank
+
+    config = BankTrainConfig(kind=args.kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,
+                             images_per_instance=args.images_per_instance, lr=args.lr, token=args.token, seed=args.seed)
+    instances = sample_instances(args.instances, args.instance_seed)
+    pipe, out = _pipe(args), _out(args)
+    bank, record = train_bank(pipe, instances, config, base_checkpoint=str(args.ckpt))
+    save_bank(bank, record, out / "bank.safetensors")
+    # A look at the first instances: their reference (left), then their models' samples.
+    prompt, vectors, rows = encode_prompt(pipe, record.prompt), bank.vectors(), []
+    shown = min(args.preview, len(instances))
+    for index in range(shown):
+        samples = sample_instance(pipe, prompt, record.kind, vectors[index], args.seeds, _generator(args),
+                                  num_steps=args.steps, guidance_scale=args.cfg_scale, targets=record.targets)
+        rows += [render_references([instances[index]], pipe.config.codec.image_size), samples]
+    if shown:
+        make_grid(to_pil(torch.cat(rows)), columns=args.seeds + 1).save(out / "preview.png")
+    return {"kind": record.kind, "instances": len(instances), "rank": record.rank, "token": record.token,
+            **{k: record.training[k] for k in ("steps", "seconds", "seconds_per_step", "final_flow_mse", "lr")},
+            "files": ["bank.safetensors"] + (["preview.png"] if shown else [])}
+
+
+def cmd_w2w_pca(args: argparse.Namespace) -> dict[str, Any]:
+    from crossflow.eval.instances import ATTRIBUTE_NAMES
+    from crossflow.weight_space.bank import read_bank, vectors_from_file
+    from crossflow.weight_space.space import explained_variance, fit_bank_space
+
+    record, tensors = read_bank(args.bank)
+    space = fit_bank_space(record, vectors_from_file(record, tensors), args.k, args.holdout, seed=args.seed)
+    out = _out(args)
+    space.save(out / "space.safetensors")
+    explained = explained_variance(space)
+    return {"kind": record.kind, "k": space.k, "models": len(space.metadata["fitted"]),
+            "heldout": space.metadata["heldout"], "explained_variance": [round(v, 5) for v in explained],
+            "explained_total": round(sum(explained), 5),
+            "direction_r2": {name: round(space.direction(name).r2, 4) for name in ATTRIBUTE_NAMES},
+            "files": ["space.safetensors"]}
+
+
+def cmd_w2w_sample(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from crossflow.weight_space.objective import encode_prompt
+
+    pipe, out = _pipe(args), _out(args)
+    space = _w2w_space(args, pipe)
+    prompt = encode_prompt(pipe, space.metadata["prompt"])
+    coeffs = space.sample(args.num, torch.Generator().manual_seed(args.seed), args.temperature)
+    rows, models = [], []
+    for c in tqdm(coeffs, desc="models"):
+        images = _w2w_sample(pipe, space, prompt, space.decode(c), args)  # the same seeds for every model
+        rows.append(images)
+        models.append({"coefficients": [round(float(v), 4) for v in c], **_identity(images)})
+    make_grid(to_pil(torch.cat(rows)), columns=args.seeds).save(out / "samples.png")
+    return {"models": models, "consistent_fraction": sum(m["consistent"] for m in models) / len(models),
+            "seeds": args.seeds, "temperature": args.temperature, "files": ["samples.png"]}
+
+
+def cmd_w2w_edit(args: argparse.Namespace) -> dict[str, Any]:
+    from crossflow.weight_space.bank import read_bank, vectors_from_file
+    from crossflow.weight_space.objective import encode_prompt
+
+    pipe, out = _pipe(args), _out(args)
+    space = _w2w_space(args, pipe)
+    direction = space.direction(args.attribute)
+    if args.bank is not None:
+        record, tensors = read_bank(args.bank)
+        if not 0 <= args.instance < len(record.instances):
+            raise CrossFlowError(f"--instance must be in [0, {len(record.instances) - 1}], got {args.instance}")
+        coeffs = space.encode(vectors_from_file(record, tensors)[args.instance])
+        source: dict[str, Any] = {"instance": args.instance, "attributes": record.instances[args.instance].to_dict(),
+                                  "heldout": args.instance in space.metadata.get("heldout", [])}
+    else:  # a new identity from the space's Gaussian
+        coeffs = space.sample(1, torch.Generator().manual_seed(args.seed))[0]
+        source = {"instance": None}
+    edited = space.edit(coeffs, direction, args.amount)
+    prompt = encode_prompt(pipe, space.metadata["prompt"])
+    before = _w2w_sample(pipe, space, prompt, space.decode(coeffs), args)
+    early = space.decode(coeffs) if args.t_inject > 0 else None  # delayed injection keeps the model's own layout
+    after = _w2w_sample(pipe, space, prompt, space.decode(edited), args, t_inject=args.t_inject, early=early)
+    _save_row(before, out / "before.png")
+    _save_row(after, out / "after.png")
+    return {**source, "attribute": args.attribute, "amount": args.amount, "t_inject": args.t_inject,
+            "direction_r2": round(direction.r2, 4),
+            "predicted": {"before": round(float(direction.predict(coeffs)), 4),
+                          "after": round(float(direction.predict(edited)), 4)},
+            "measured": {"before": _identity(before), "after": _identity(after)}, "files": ["before.png", "after.png"]}
+
+
+def cmd_w2w_invert(args: argparse.Namespace) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from crossflow.weight_space.inversion import invert
+    from crossflow.weight_space.objective import encode_prompt
+
+    images = _images([args.image])  # before the slow model load
+    pipe, out = _pipe(args), _out(args)
+    space = _w2w_space(args, pipe)
+    prompt = encode_prompt(pipe, space.metadata["prompt"])
+    source = sde.encode_images(pipe, images)
+    result = invert(pipe, space, source, prompt, steps=args.iters, lr=args.lr, batch_size=args.batch_size,
+                    prior_weight=args.prior_weight, generator=_generator(args), progress=True)
+    save_file({"coefficients": result.coefficients.contiguous()}, str(out / "coefficients.safetensors"))
+    samples = _w2w_sample(pipe, space, prompt, space.decode(result.coefficients), args)
+    _save_row(torch.cat([_decode(pipe, source), samples]), out / "source_and_samples.png")
+    return {"iters": args.iters, "seconds": round(result.seconds, 2), "losses": [round(v, 6) for v in result.losses],
+            "source": _identity(_decode(pipe, source)), "samples": _identity(samples),
+            "coefficients": [round(float(v), 4) for v in result.coefficients],
+            "files": ["coefficients.safetensors", "source_and_samples.png"]}
+
+
+def _check_w2w_args(args: argparse.Namespace) -> None:
+    """The w2w verbs' flags and files, checked before any model loads."""
+    from crossflow.weight_space.generate import check_t_inject
+
+    if hasattr(args, "t_inject"):
+        check_t_inject(args.t_inject)
+    for name in ("space", "bank"):
+        path = getattr(args, name, None)
+        if path is not None and not Path(path).is_file():
+            raise CrossFlowError(f"{name} file not found: {path}")
+    for name in ("k", "num", "iters", "train_steps", "rank"):
+        if getattr(args, name, 1) < 1:
+            raise CrossFlowError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if getattr(args, "instances", 2) < 2:
+        raise CrossFlowError(f"--instances must be at least 2 (a space needs two models), got {args.instances}")
+    if getattr(args, "temperature", 1.0) < 0:
+        raise CrossFlowError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.verb == "w2w-edit" and (args.bank is None) != (args.instance is None):
+        raise CrossFlowError("--bank and --instance go together (the instance to edit); give neither to edit a "
+                             "model sampled from the space")
+
+
+def _common(p: argparse.ArgumentParser, steps: int = DEFAULT_NUM_STEPS, cfg: float = DEFAULT_GUIDANCE_SCALE,
+            ckpt: bool = True) -> None:
+    if ckpt:
+        p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt, sharded folder, .safetensors or saved folder)")
     p.add_argument("--out", default="runs/edit", help="output folder (default runs/edit)")
     p.add_argument("--steps", type=int, default=steps, help=f"solver steps (default {steps})")
     p.add_argument("--cfg-scale", type=float, default=cfg, help=f"guidance scale (default {cfg})")
@@ -298,6 +478,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the coarse variant: z = z_base + λ·(d − proj_{z_prior} d), d = z_edit − z_base, no hook")
     p.add_argument("--prior-prompt", default="", help="--coarse: z_prior is this prompt's VE mean (default: empty)")
     p.add_argument("--seeds", type=int, default=4, help="images per prompt (default 4)")
+
+    # weights2weights-style spaces of instance fine-tunes (crossflow/weight_space, docs/weight_space.md).
+    from crossflow.data.shapes import INSTANCE_TOKEN
+    from crossflow.eval.instances import ATTRIBUTE_NAMES
+    from crossflow.weight_space.generate import DEFAULT_INSTANCE_GUIDANCE
+    from crossflow.weight_space.inversion import (
+        DEFAULT_INVERSION_BATCH,
+        DEFAULT_INVERSION_LR,
+        DEFAULT_INVERSION_STEPS,
+    )
+
+    w2w = {"cfg": DEFAULT_INSTANCE_GUIDANCE}  # instance models train the conditional branch only
+    p = verb("w2w-train", cmd_w2w_train, "train a bank of instance LoRAs (or text-latent offsets) in one run", **w2w)
+    p.add_argument("--instances", type=int, default=350, help="instances in the bank (default 350: 300 + 50 held out)")
+    p.add_argument("--instance-seed", type=int, default=0, help="seed of the instances' attributes")
+    p.add_argument("--kind", choices=["lora", "text"], default="lora",
+                   help="lora: rank-r q/v updates per instance; text: an offset of the prompt's VE mean (comparison)")
+    p.add_argument("--rank", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=3000, help="optimizer steps of the whole bank")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--images-per-instance", type=int, default=4, help="renders of one instance per batch")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3 lora, 1e-2 text)")
+    p.add_argument("--token", default=INSTANCE_TOKEN, help=f"the rare token (default {INSTANCE_TOKEN!r})")
+    p.add_argument("--preview", type=int, default=4, help="instances shown in preview.png (0: none)")
+    p.add_argument("--seeds", type=int, default=4, help="samples per previewed instance")
+
+    p = verb("w2w-pca", cmd_w2w_pca, "standardise a bank's instance models and keep the top k principal components",
+             ckpt=False)
+    p.add_argument("--bank", required=True, help="bank file from w2w-train")
+    p.add_argument("--k", type=int, default=20, help="principal components kept (default 20)")
+    p.add_argument("--holdout", type=int, default=0, help="leave the bank's last N instances out of the fit")
+
+    p = verb("w2w-sample", cmd_w2w_sample, "new identities: models sampled from the space's Gaussian", **w2w)
+    p.add_argument("--space", required=True, help="space file from w2w-pca")
+    p.add_argument("--num", type=int, default=8, help="models to sample (one row each)")
+    p.add_argument("--seeds", type=int, default=8, help="images per model")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the sampled coefficients' std")
+
+    p = verb("w2w-edit", cmd_w2w_edit, "move a model along an attribute direction (least squares on the PC coefficients)",
+             **w2w)
+    p.add_argument("--space", required=True)
+    p.add_argument("--attribute", choices=ATTRIBUTE_NAMES, default="aspect",
+                   help="aspect is log(width/height), hue_cos/hue_sin the hue on the circle, shapes 0/1")
+    p.add_argument("--amount", type=float, default=0.3, help="change of the attribute's linear prediction, in its units")
+    p.add_argument("--bank", default=None, help="with --instance: edit that bank instance's model (projected on the space)")
+    p.add_argument("--instance", type=int, default=None, help="index of the instance in --bank")
+    p.add_argument("--t-inject", type=float, default=0.0,
+                   help="delayed injection: the unedited model for t < this, the edited one after (0: edited throughout)")
+    p.add_argument("--seeds", type=int, default=4, help="images before and after (the same seeds)")
+
+    p = verb("w2w-invert", cmd_w2w_invert, "one image -> the PC coefficients whose model explains it best", **w2w)
+    p.add_argument("--space", required=True)
+    p.add_argument("--image", required=True, help="an image at the model's resolution")
+    p.add_argument("--iters", type=int, default=DEFAULT_INVERSION_STEPS, help="Adam steps on the coefficients")
+    p.add_argument("--lr", type=float, default=DEFAULT_INVERSION_LR, help="Adam step in whitened coefficient units")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_INVERSION_BATCH, help="t and z_text draws per step")
+    p.add_argument("--prior-weight", type=float, default=0.0, help="weight of the Gaussian prior on the coefficients")
+    p.add_argument("--seeds", type=int, default=4, help="samples of the inverted model")
     return parser
 
 
@@ -311,7 +549,7 @@ def run(args: argparse.Namespace) -> None:
     """One verb, already parsed."""
     if args.steps <= 0:
         raise CrossFlowError(f"--steps must be positive, got {args.steps}")
-    if not Path(args.ckpt).exists():
+    if getattr(args, "ckpt", None) is not None and not Path(args.ckpt).exists():
         raise CrossFlowError(f"checkpoint not found: {args.ckpt}")
     # Cheap checks before the model loads (the library checks again, for Python callers).
     if getattr(args, "t0", 0.0) < 0 or getattr(args, "t0", 0.0) > 1:
@@ -326,6 +564,8 @@ def run(args: argparse.Namespace) -> None:
         latent_ops.parse_expression(args.expr)
     if args.verb == "attention":
         _check_attention_args(args)
+    if args.verb.startswith("w2w-"):
+        _check_w2w_args(args)
     result = args.fn(args)
     if args.verb != "sigma":
         out = _out(args)

@@ -248,3 +248,12 @@ def format_scores(scores: Mapping[str, float]) -> str:
         value = scores[name]
         parts.append(f"{name.replace('_', '-')} {'n/a' if math.isnan(value) else f'{value:.3f}'}")
     return " | ".join(parts)
+
+
+def shape_of_blob(blob: np.ndarray) -> str:
+    """The shape (circle, square or triangle) of an object mask (H, W), from how it fills its bounding box; also
+    reads shapes stretched to another aspect ratio (crossflow.eval.instances)."""
+    rows, cols = np.nonzero(blob)
+    if rows.size == 0:
+        raise ValueError("the mask is empty: there is no object to classify")
+    return _classify_shape(blob[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
