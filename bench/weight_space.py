@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import table, update_section  # noqa: E402
 from smoke import output_dir, random_pipeline  # noqa: E402
 
-from crossflow.data.shapes import Instance, sample_instances  # noqa: E402
+from crossflow.data.shapes import POSITIONS, Instance, sample_instances  # noqa: E402
 from crossflow.eval.instances import (  # noqa: E402
     ATTRIBUTE_NAMES,
     DEFAULT_TOLERANCE,
@@ -144,7 +144,8 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
     pipe = CrossFlowPipeline(base.config, copy.deepcopy(base.model), base.text_encoder, base.codec)
     path = workdir / f"bank_{kind}.safetensors"
     config = BankTrainConfig(kind=kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,  # type: ignore[arg-type]
-                             images_per_instance=args.images_per_instance, seed=args.seed)
+                             images_per_instance=args.images_per_instance, caption=args.caption,
+                             position=args.position, seed=args.seed)
     bank: LoraBank | TextOffsetBank | None = None
     if path.exists() and not args.smoke:
         bank, record = load_bank(path, pipe.model)
@@ -228,7 +229,8 @@ def part_inversion(study: Study, heldout: list[int], args: argparse.Namespace) -
     hits, seconds, rows = 0, [], []
     for index in tqdm(heldout, desc=f"{study.kind} inversions", disable=args.smoke):
         instance = study.record.instances[index]
-        source = render_references([instance], study.pipe.config.codec.image_size, rng)
+        source = render_references([instance], study.pipe.config.codec.image_size, rng,
+                                   study.record.training.get("position"))
         z_image = study.pipe.codec.encode(source.to(study.pipe.device))
         result = invert(study.pipe, study.space, z_image, study.prompt, steps=args.inversion_steps,
                         lr=args.inversion_lr, batch_size=args.inversion_batch,
@@ -314,6 +316,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=50, help="further instances, held out of the fit")
     parser.add_argument("--instance-seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=2)
+    parser.add_argument("--caption", default=None, help="every instance image's caption (default 'a photo of sks')")
+    parser.add_argument("--position", default=None, choices=tuple(POSITIONS),
+                        help="where every instance image sits (default: the five positions at random)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)

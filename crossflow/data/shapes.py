@@ -587,18 +587,21 @@ def sample_instances(
 
 
 def render_instance(
-    instance: Instance, image_size: int = 32, rng: np.random.Generator | None = None
+    instance: Instance, image_size: int = 32, rng: np.random.Generator | None = None, position: str | None = None
 ) -> Image.Image:
     """Draw ``instance`` on a black S x S canvas. ``rng`` picks one of the five positions and jitters it, as the
-    dataset does (None: the centre, no jitter); the centre is then clamped so the object keeps
+    dataset does (None: the centre, no jitter); ``position`` fixes the position (``rng`` then only jitters it), for
+    captions that state it. The centre is then clamped so the object keeps
     :data:`INSTANCE_MARGIN` pixels from every edge (a large stretched instance sits a little inside a corner)."""
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}.")
+    if position is not None and position not in POSITIONS:
+        raise ValueError(f"Unknown position {position!r}; expected one of {list(POSITIONS)}.")
     if rng is None:
-        fx, fy = POSITIONS["center"]
+        fx, fy = POSITIONS[position or "center"]
         jx = jy = 0.0
     else:
-        fx, fy = POSITIONS[tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]]
+        fx, fy = POSITIONS[position or tuple(POSITIONS)[int(rng.integers(len(POSITIONS)))]]
         jx, jy = rng.uniform(-JITTER, JITTER, size=2)
     half_w, half_h = instance.half_extents(image_size)
     cx = float(np.clip((fx + jx) * image_size, half_w + INSTANCE_MARGIN, image_size - half_w - INSTANCE_MARGIN))

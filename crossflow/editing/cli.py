@@ -265,7 +265,8 @@ def cmd_w2w_train(args: argparse.Namespace) -> dict[str, Any]:
     from crossflow.weight_space.training import BankTrainConfig, train_bank
 
     config = BankTrainConfig(kind=args.kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,
-                             images_per_instance=args.images_per_instance, lr=args.lr, token=args.token, seed=args.seed)
+                             images_per_instance=args.images_per_instance, lr=args.lr, token=args.token,
+                             caption=args.caption, position=args.position, seed=args.seed)
     instances = sample_instances(args.instances, args.instance_seed)
     pipe, out = _pipe(args), _out(args)
     bank, record = train_bank(pipe, instances, config, base_checkpoint=str(args.ckpt))
@@ -276,7 +277,7 @@ def cmd_w2w_train(args: argparse.Namespace) -> dict[str, Any]:
     for index in range(shown):
         samples = sample_instance(pipe, prompt, record.kind, vectors[index], args.seeds, _generator(args),
                                   num_steps=args.steps, guidance_scale=args.cfg_scale, targets=record.targets)
-        rows += [render_references([instances[index]], pipe.config.codec.image_size), samples]
+        rows += [render_references([instances[index]], pipe.config.codec.image_size, position=args.position), samples]
     if shown:
         make_grid(to_pil(torch.cat(rows)), columns=args.seeds + 1).save(out / "preview.png")
     return {"kind": record.kind, "instances": len(instances), "rank": record.rank, "token": record.token,
@@ -501,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-instance", type=int, default=4, help="renders of one instance per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3 lora, 1e-2 text)")
     p.add_argument("--token", default=INSTANCE_TOKEN, help=f"the rare token (default {INSTANCE_TOKEN!r})")
+    p.add_argument("--caption", default=None,
+                   help="the caption of every instance image (default: 'a photo of <token>')")
+    p.add_argument("--position", default=None, help="where every instance image sits (default: the five at random)")
     p.add_argument("--preview", type=int, default=4, help="instances shown in preview.png (0: none)")
     p.add_argument("--seeds", type=int, default=4, help="samples per previewed instance")
 

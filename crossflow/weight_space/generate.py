@@ -126,8 +126,9 @@ def sample_instance(
     return pipe.codec.decode(z_image).float().cpu()
 
 
-def render_references(instances: Sequence[Instance], image_size: int, rng: np.random.Generator | None = None
-                      ) -> torch.Tensor:
-    """Ground-truth renders (n, 3, S, S) in [0, 1] of ``instances`` (one each; ``rng`` places them, None: centred)."""
-    arrays = [np.asarray(render_instance(inst, image_size, rng)) for inst in instances]
+def render_references(instances: Sequence[Instance], image_size: int, rng: np.random.Generator | None = None,
+                      position: str | None = None) -> torch.Tensor:
+    """Ground-truth renders (n, 3, S, S) in [0, 1] of ``instances`` (one each; ``rng`` places them, None: centred;
+    ``position`` fixes where, as the bank's training did)."""
+    arrays = [np.asarray(render_instance(inst, image_size, rng, position)) for inst in instances]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from crossflow.data.shapes import INSTANCE_TOKEN, Instance, instance_caption, render_instance
+from crossflow.data.shapes import INSTANCE_TOKEN, POSITIONS, Instance, instance_caption, render_instance
 from crossflow.errors import CrossFlowError
 from crossflow.inference import CrossFlowPipeline
 from crossflow.weight_space.bank import DEFAULT_TARGETS, BankRecord, LoraBank, TextOffsetBank
@@ -54,6 +54,13 @@ class BankTrainConfig:
     time_sampling: str = "uniform"
     """Training t distribution (flow.sample_time): the demo model's own."""
     token: str = INSTANCE_TOKEN
+    caption: str | None = None
+    """The caption every image carries; None: ``instance_caption(token)`` ("a photo of sks"). A caption the base
+    model draws cleanly (e.g. "a white circle") gives every LoRA a clean start: the demo model turns words it never
+    saw ("sks") into scattered pixels, not an object."""
+    position: str | None = None
+    """Where every instance image sits (one of the dataset's positions, jittered); None: the five at random. The
+    demo model draws cleanly only from captions that state a position, so a fixed one pairs with such a caption."""
     seed: int = 0
     precision: str = "32-true"
     """Lightning precision of the run."""
@@ -68,6 +75,8 @@ class BankTrainConfig:
             raise CrossFlowError(f"batch_size {self.batch_size} must be a multiple of images_per_instance "
                                  f"{self.images_per_instance}")
         self.targets = tuple(self.targets)
+        if self.position is not None and self.position not in POSITIONS:
+            raise CrossFlowError(f"unknown position {self.position!r}; expected one of {list(POSITIONS)}")
 
     @property
     def learning_rate(self) -> float:
@@ -78,11 +87,12 @@ class InstanceBatches(IterableDataset):
     """Endless batches {"image": (B, 3, S, S) in [0, 1], "ids": (B,)} of instance renders, seed-deterministic."""
 
     def __init__(self, instances: Sequence[Instance], image_size: int, batch_size: int, images_per_instance: int,
-                 seed: int = 0) -> None:
+                 seed: int = 0, position: str | None = None) -> None:
         super().__init__()
         if not instances:
             raise CrossFlowError("no instances to train on")
         self.instances = list(instances)
+        self.position = position
         self.image_size, self.batch_size, self.per_instance, self.seed = image_size, batch_size, images_per_instance, seed
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -93,7 +103,8 @@ class InstanceBatches(IterableDataset):
             while len(queue) < groups:  # whole permutations: every instance is visited once per pass
                 queue.extend(rng.permutation(len(self.instances)).tolist())
             ids, queue = np.repeat(queue[:groups], self.per_instance), queue[groups:]
-            images = np.stack([np.asarray(render_instance(self.instances[i], self.image_size, rng)) for i in ids])
+            images = np.stack([np.asarray(render_instance(self.instances[i], self.image_size, rng, self.position))
+                               for i in ids])
             yield {"image": torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0),
                    "ids": torch.from_numpy(ids).long()}
 
@@ -135,7 +146,7 @@ def train_bank(
     """Train one bank of ``len(instances)`` instance fine-tunes on ``pipe``'s frozen model (in place: a LoRA bank
     stays attached to ``pipe.model``). Returns the bank and its record (wall-clock time included)."""
     config = config or BankTrainConfig()
-    prompt_text = instance_caption(config.token)
+    prompt_text = config.caption or instance_caption(config.token)
     prompt = encode_prompt(pipe, prompt_text)
     if config.kind == "lora":
         generator = torch.Generator().manual_seed(config.seed)
@@ -146,7 +157,7 @@ def train_bank(
         bank = TextOffsetBank(len(instances), pipe.model.variational.grid_shape).to(pipe.device)
     module = BankLitModule(pipe, bank, prompt, config)
     data = InstanceBatches(instances, pipe.config.codec.image_size, config.batch_size, config.images_per_instance,
-                           config.seed)
+                           config.seed, config.position)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     if not progress:  # also the Trainer's own start-up lines (accelerator, tips)

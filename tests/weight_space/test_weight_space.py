@@ -175,6 +175,18 @@ def test_instance_batches_visit_every_instance_equally() -> None:
     assert batch["image"].shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and 0 <= batch["image"].min() <= batch["image"].max() <= 1
 
 
+def test_a_fixed_position_places_every_training_image_there() -> None:
+    # The demo model draws cleanly only from captions that state a position: a bank can pin its images to one.
+    instances = sample_instances(4, seed=1)
+    stream = iter(InstanceBatches(instances, 32, batch_size=8, images_per_instance=2, seed=0, position="top left"))
+    images = next(stream)["image"]
+    for image in images:
+        ys, xs = torch.nonzero(image.amax(0) > 0, as_tuple=True)
+        assert xs.float().mean() < 16 and ys.float().mean() < 16  # the object's centroid lies in the top-left quarter
+    with pytest.raises(CrossFlowError, match="unknown position"):
+        BankTrainConfig(position="middle")
+
+
 @pytest.mark.parametrize("kind", ["lora", "text"])
 def test_one_run_trains_every_instance_and_the_file_round_trips(pipe: CrossFlowPipeline, kind: str,
                                                                 tmp_path: Path) -> None:
