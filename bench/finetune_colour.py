@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -49,11 +50,21 @@ def write_data(root: Path, num_finetune: int, num_replay: int) -> None:
 
 
 def score(ckpt: Path, prompts: dict[str, list], bf16: bool) -> dict[str, dict[str, float]]:
+    """Evaluator scores of ``ckpt`` on each prompt group; kept in the run folder (scores are deterministic, so a
+    rerun with the same prompts and precision reads them back instead of sampling again)."""
+    key = {"prompts": {name: len(ps) for name, ps in prompts.items()}, "eval_seed": EVAL_SEED, "bf16": bf16,
+           "steps": DEFAULT_NUM_STEPS, "guidance": DEFAULT_GUIDANCE_SCALE, "ckpt_mtime": ckpt.stat().st_mtime}
+    cache = ckpt.parent.parent / "scores.json"
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["scores"]
     pipe = CrossFlowPipeline.from_pretrained(ckpt)
     out = {}
     with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
         for name, ps in prompts.items():
             out[name], _ = evaluate_pipeline(pipe, ps, DEFAULT_NUM_STEPS, DEFAULT_GUIDANCE_SCALE, seed=0, progress=False)
+    cache.write_text(json.dumps({"key": key, "scores": out}, indent=1))
     return out
 
 
@@ -69,6 +80,8 @@ def main() -> None:
     # (.633); see docs/experiments.md "Fine-tuning with replay".
     parser.add_argument("--replay-full-lr", type=float, default=1e-4, help="full fine-tune learning rate with replay")
     parser.add_argument("--replay-lora-lr", type=float, default=3e-3, help="LoRA learning rate with replay")
+    parser.add_argument("--replay-lora-steps", type=int, default=None,
+                        help="LoRA + replay steps (default --finetune-steps): a quarter of each batch is new data")
     parser.add_argument("--replay-seeds", type=int, nargs="+", default=[0, 1],
                         help="training seeds of the replay fine-tunes (the bar must hold on every one)")
     parser.add_argument("--pretrain-only", action="store_true", help="stop after the pre-training run")
@@ -89,18 +102,21 @@ def main() -> None:
     tuned = {}
     # Without replay: configs/finetune.yaml's rates, one seed (both erase the old colours). With replay: the
     # --replay-*-lr rates on every --replay-seeds seed.
+    lora_steps = args.replay_lora_steps or args.finetune_steps
     runs = [(mode, False, lr, 0) for mode, lr in (("full", 2e-4), ("lora", 1e-3))]
     runs += [(mode, True, lr, seed) for seed in args.replay_seeds
              for mode, lr in (("full", args.replay_full_lr), ("lora", args.replay_lora_lr))]
     for mode, replay, lr, seed in runs:
+        steps = lora_steps if (mode, replay) == ("lora", True) else args.finetune_steps
         shards = f"[{data / 'new' / 'train'},{data / 'replay' / 'train'}]" if replay else str(data / "new" / "train")
         suffix = ""
         if replay:
             suffix = f"_replay{'' if (mode, lr) in (('full', 2e-4), ('lora', 1e-3)) else f'_lr{lr:g}'}"
+            suffix += f"_steps{steps}" if steps != args.finetune_steps else ""
             suffix += f"_seed{seed}" if seed else ""
         run_dir = work / f"finetune_{mode}{suffix}"
         tuned[mode, replay, seed] = train(
-            ["configs/finetune.yaml"], run_dir, shards, data / "new" / "val", args.finetune_steps,
+            ["configs/finetune.yaml"], run_dir, shards, data / "new" / "val", steps,
             [*checkpoint_callbacks(run_dir, 0.995, lora=mode == "lora"), f"--model.finetune.init_from={base}",
              f"--model.finetune.mode={mode}", f"--model.optimizer.lr={lr}", f"--seed_everything={seed}"],
         )
@@ -112,7 +128,8 @@ def main() -> None:
     models = {"pre-trained (no magenta)": base}
     for mode, replay, lr, seed in runs:
         label = {"full": "full", "lora": "LoRA"}[mode]
-        models[f"{label} fine-tune{f', replay, lr {lr:g}, seed {seed}' if replay else ''}"] = tuned[mode, replay, seed]
+        note = f", {lora_steps} steps" if (mode, replay) == ("lora", True) and lora_steps != args.finetune_steps else ""
+        models[f"{label} fine-tune{f', replay, lr {lr:g}{note}, seed {seed}' if replay else ''}"] = tuned[mode, replay, seed]
     rows, results = [], {}
     for name, ckpt in models.items():
         s = results[name] = score(ckpt, prompts, args.precision == "bf16")
@@ -128,7 +145,7 @@ def main() -> None:
     verdict_lines = "\n".join(verdict)
     body = f"""Pre-training: the demo recipe ({args.pretrain_steps} steps) on 20,000 shapes samples with every {NEW} one held out.
 Fine-tuning: {args.finetune_steps} steps (configs/finetune.yaml; full: lr 2e-4, LoRA: rank 8 on the flow transformer's
-qkv/proj/fc1/fc2, lr 1e-3, VE frozen; with replay full lr {args.replay_full_lr:g}, LoRA lr {args.replay_lora_lr:g})
+qkv/proj/fc1/fc2, lr 1e-3, VE frozen; with replay full lr {args.replay_full_lr:g}, LoRA lr {args.replay_lora_lr:g}, {lora_steps} steps)
 on {args.num_finetune} {NEW} images alone, or with replay: the same
 {args.num_finetune} plus {args.num_replay} old-colour samples from the pre-training distribution as a second shard
 folder (`--data.train_shards=[new,replay]`). Evaluation: {args.num_eval} fresh prompts (seed {EVAL_SEED}) in {NEW}
