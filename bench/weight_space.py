@@ -1,7 +1,10 @@
 """The weight space of instance fine-tunes (weights2weights-style) on the shapes model, against the text latent.
 
 Instances (crossflow.data.shapes.Instance): a shape in a continuous hue, size and aspect ratio — identities the
-prompt vocabulary cannot name — each bound to the one caption "a photo of sks" and rendered at random positions.
+prompt vocabulary cannot name — all bound to one caption, by default "a large white circle in the center" with every
+image in the centre: the demo model turns words it never saw ("a photo of sks") and captions without a position into
+scattered pixels, so the bank starts from a caption it draws cleanly and each LoRA moves that object to its instance
+(pilots in docs/experiments.md, "Weight space pilots").
 
 1. **Bank.** ``--instances`` + ``--heldout`` instances (default 300 + 50), one rank-``--rank`` LoRA each on the q and
    v row blocks of every flow block's attention (k untouched, VE and everything else frozen), all trained in one
@@ -36,7 +39,7 @@ prompt vocabulary cannot name — each bound to the one caption "a photo of sks"
    same (a), (b), (c) and fidelity. What the flow cannot draw from any z_text (a hue between palette colours, an
    aspect it never saw) shows up as low fidelity there, and the weight space's advantage is the gap.
 
-Defaults reproduce issue 7's bars. Banks are cached in ``--workdir`` (default runs/bench_weight_space): a rerun with
+Defaults follow issue 7's counts (300 + 50 instances, k = 20, 50 models, 8 seeds). Banks are cached in ``--workdir`` (default runs/bench_weight_space): a rerun with
 the same settings skips the training. Images (sampled models, edits, inversions) go to docs/ (``--out-dir``).
 
 Cost, estimated from per-step times measured on the demo checkpoint (runs/bench_finetune/pretrain, 1 thread on a 2-core
@@ -97,6 +100,8 @@ from crossflow.weight_space.training import BankTrainConfig, train_bank  # noqa:
 
 SECTION = "weight_space"
 COMMAND = "python bench/weight_space.py --ckpt runs/bench_finetune/pretrain/checkpoints/last.ckpt"
+DEFAULT_CAPTION = "a large white circle in the center"
+"""A caption the demo model draws cleanly, position stated (see the module docstring)."""
 DEFAULT_CKPT = "runs/bench_finetune/pretrain/checkpoints/last.ckpt"
 SAMPLING_BAR, CHANGED_BAR, HELD_BAR, INVERSION_BAR = 0.9, 0.8, 0.9, 0.8
 # What must hold while one attribute is edited: the identity's other attributes.
@@ -145,7 +150,7 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
     path = workdir / f"bank_{kind}.safetensors"
     config = BankTrainConfig(kind=kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,  # type: ignore[arg-type]
                              images_per_instance=args.images_per_instance, caption=args.caption,
-                             position=args.position, seed=args.seed)
+                             position=None if args.position == "random" else args.position, seed=args.seed)
     bank: LoraBank | TextOffsetBank | None = None
     if path.exists() and not args.smoke:
         bank, record = load_bank(path, pipe.model)
@@ -286,7 +291,7 @@ def report(studies: list[Study], args: argparse.Namespace, label: str, files: di
     first = studies[0]
     settings = (
         f"Model: {label}. {len(first.space.metadata['fitted'])} training instances + {args.heldout} held out, caption "
-        f"\"{first.record.prompt}\"; LoRA rank {args.rank} on q, v of every flow block; banks trained in one run each, "
+        f"\"{first.record.prompt}\", images at position {args.position}; LoRA rank {args.rank} on q, v of every flow block; banks trained in one run each, "
         f"{args.train_steps} steps of batch {args.batch_size} ({args.images_per_instance} renders per instance); "
         f"k = {args.k} PCs over standardised vectors. {args.seeds} images per model, {args.num_steps} Euler steps, "
         f"guidance {args.guidance:g}. Edit: {args.attribute} by ±{args.amount:g} (its linear prediction; aspect in "
@@ -316,9 +321,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=50, help="further instances, held out of the fit")
     parser.add_argument("--instance-seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=2)
-    parser.add_argument("--caption", default=None, help="every instance image's caption (default 'a photo of sks')")
-    parser.add_argument("--position", default=None, choices=tuple(POSITIONS),
-                        help="where every instance image sits (default: the five positions at random)")
+    parser.add_argument("--caption", default=DEFAULT_CAPTION, help="every instance image's caption")
+    parser.add_argument("--position", default="center", choices=(*POSITIONS, "random"),
+                        help="where every instance image sits ('random': the five positions at random)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
