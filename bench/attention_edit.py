@@ -23,6 +23,11 @@ fine
     ``--start-step`` on, out_base += λ·(out_edit − proj_{out_prior} out_edit).
 fine τ
     the same with the token mask at τ = ``--tau`` (default 0.5).
+fine rel
+    the relative form (AttentionEdit(relative=True)): out_base += λ·(ℓ'_edit − ℓ'_base), ℓ' = the output orthogonal
+    to the prior's, at ``--rel-blocks`` (default 0 1) from step ``--start-step``; its bars are read at λ =
+    ``--rel-lam`` (default 2). Blocks and λ come from a 48-case sweep of the colour edit on the demo model (the
+    first 48 of the colour cases below; docs/experiments.md "Attention-output edits").
 
 Per edited image: *success* = the evaluator reads the target value; *kept* = it reads the source's other attributes
 (colour edit: shape and size; position edit: colour, shape and size; shape edit: colour and size); *still* = the
@@ -96,7 +101,7 @@ SPECK = 3  # a second blob of more than this many pixels is a second object
 MONOTONE_RHO = 0.9
 SUCCESS_BAR, KEEP_BAR, BACKGROUND_BAR, MONOTONE_BAR = 0.8, 0.9, 0.9, 0.9
 NOMINAL_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
-METHODS = ("prompt", "arithmetic", "coarse", "fine", "fine τ")
+METHODS = ("prompt", "arithmetic", "coarse", "fine", "fine τ", "fine rel")
 VALUES: dict[str, tuple[str, ...]] = {"color": tuple(COLORS), "position": tuple(POSITIONS), "shape": SHAPES,
                                       "size": tuple(SIZES)}
 
@@ -298,8 +303,10 @@ def edit_images(run: Run, kind: Kind, cases: Cases, method: str, lam: float, arg
     if method == "coarse":
         z = coarse_text_latent(cases.z_base, cases.z_edit, z_prior, lam)
         return batched(run, n, lambda sl: render(run, z[sl]), f"{kind.name} coarse λ={lam:g}")
+    relative = method == "fine rel"
+    blocks = tuple(args.rel_blocks) if relative else None if args.blocks is None else tuple(args.blocks)
     edit = AttentionEdit(lam=lam, tau=args.tau if method == "fine τ" else None, start_step=args.start_step,
-                         blocks=None if args.blocks is None else tuple(args.blocks))
+                         blocks=blocks, relative=relative)
     return batched(run, n, lambda sl: attention_edit_latents(run.pipe, cases.z_base[sl], cases.z_edit[sl], edit,
                                                              run.num_steps, run.guidance).images,
                    f"{kind.name} {method} λ={lam:g}")
@@ -328,13 +335,14 @@ def part_kind(run: Run, kind: Kind, index: int, args: argparse.Namespace) -> tup
             rows.append([method, f"{lam:g}", n, float(s.success.mean()), float(s.kept.mean()),
                          float(s.still.mean()) if kind.still else "—", float(s.background.mean()),
                          float(s.all.mean()), float(monotone.mean())])
-        if 1.0 in per_lam:
-            examples.append(frames[1.0][:4])
+        bar_lam = args.rel_lam if method == "fine rel" else 1.0
+        if bar_lam in per_lam:
+            examples.append(frames[bar_lam][:4])
             if method.startswith("fine"):
-                s = per_lam[1.0]
+                s = per_lam[bar_lam]
                 keep = (s.kept & s.still).mean()
                 verdicts.append(
-                    f"- {method} at λ = 1: success {s.success.mean():.3f} (≥ {SUCCESS_BAR:.0%} → "
+                    f"- {method} at λ = {bar_lam:g}: success {s.success.mean():.3f} (≥ {SUCCESS_BAR:.0%} → "
                     f"**{verdict(s.success.mean() >= SUCCESS_BAR)}**); "
                     f"{'kept and still' if kind.still else 'kept'} {keep:.3f} (≥ {KEEP_BAR:.0%} → "
                     f"**{verdict(keep >= KEEP_BAR)}**); background {s.background.mean():.3f} (≥ {BACKGROUND_BAR:.0%} → "
@@ -381,6 +389,8 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.5, help="the mask threshold of the 'fine τ' method")
     parser.add_argument("--blocks", type=int, nargs="+", default=None, help="edited flow blocks (default all)")
     parser.add_argument("--start-step", type=int, default=0, help="attention edits from this step on")
+    parser.add_argument("--rel-blocks", type=int, nargs="+", default=[0, 1], help="blocks of the 'fine rel' edit")
+    parser.add_argument("--rel-lam", type=float, default=2.0, help="the λ at which the 'fine rel' bars are read")
     parser.add_argument("--color-target", default="red", choices=tuple(COLORS))
     parser.add_argument("--position-target", default="top left", choices=tuple(POSITIONS))
     parser.add_argument("--shape-target", default="square", choices=SHAPES)
@@ -405,11 +415,13 @@ def main() -> None:
         parser.error("need --cases >= 1 and --num-prompts >= --cases")
     if 1.0 not in args.lams or len(set(args.lams) | {0.0}) < 3:
         parser.error("--lams must include 1 (the bars read it) and give at least 3 values with 0")
+    if args.rel_lam not in args.lams:
+        parser.error("--rel-lam must be one of --lams")
     if not 0 < args.tau < 1:
         parser.error("--tau must be in (0, 1)")
     depth = len(pipe.model.flow.blocks)
-    if args.blocks is not None and not all(0 <= b < depth for b in args.blocks):
-        parser.error(f"--blocks must be in 0..{depth - 1}")
+    if not all(0 <= b < depth for b in (args.blocks or []) + args.rel_blocks):
+        parser.error(f"--blocks and --rel-blocks must be in 0..{depth - 1}")
     if not 0 <= args.start_step < args.num_steps:
         parser.error(f"--start-step must be in [0, {args.num_steps - 1}]")
 
@@ -417,7 +429,7 @@ def main() -> None:
                "shape": ("shape", args.shape_target)}
     run = Run(pipe, label, args.num_steps, args.guidance, args.bf16, args.seed, progress=not args.smoke)
     settings = run.settings() + (f" Attention edits at blocks {args.blocks or 'all'}, from step {args.start_step}; "
-                                 f"'fine τ' masks at τ = {args.tau:g}; {args.cases} cases of {args.num_prompts} "
+                                 f"'fine τ' masks at τ = {args.tau:g}; 'fine rel' at blocks {args.rel_blocks}; {args.cases} cases of {args.num_prompts} "
                                  "candidate prompts.")
     parts = {}
     with output_dir(args.out_dir, args.smoke, "attention_edit_") as out:
@@ -426,8 +438,8 @@ def main() -> None:
             text, rows = part_kind(run, kind, index, args)
             example = save_example(out, name, rows)
             if example is not None:
-                text += (f"\nExample (source, then prompt, arithmetic, coarse, fine, fine τ at λ = 1; the first 4 "
-                         f"cases, not chosen by outcome):\n\n![{name} edit example]({example.name})\n")
+                text += (f"\nExample (source, then prompt, arithmetic, coarse, fine, fine τ at λ = 1, fine rel at "
+                         f"λ = {args.rel_lam:g}; the first 4 cases, not chosen by outcome):\n\n![{name} edit example]({example.name})\n")
             # Each kind is its own part (its settings with it), so kinds can run as separate processes.
             parts[name] = settings + "\n\n" + text
             print(parts[name], flush=True)

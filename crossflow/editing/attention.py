@@ -189,6 +189,11 @@ class AttentionEdit:
     """Indices of the flow blocks whose attention output is edited; None: every block."""
     sharpness: float = DEFAULT_SHARPNESS
     """κ of the mask's sigmoid (only with a τ)."""
+    relative: bool = False
+    """Add λ·(ℓ'_edit − ℓ'_base) instead of λ·ℓ'_edit (ℓ' = the part orthogonal to the prior's output). FluxSpace's
+    conditions are different prompts over one image; CrossFlow's are states of one x_t, so base and edit share most
+    of their prior-orthogonal content and the absolute form adds it a second time (λ = 1 doubles it). The relative
+    form adds only what the edit changes: λ = 1 swaps the base's prior-orthogonal output for the edit's."""
 
     def check(self, depth: int, num_steps: int) -> tuple[int, ...]:
         """Raise a one-line :class:`CrossFlowError` for a bad setting; the edited block indices, sorted."""
@@ -275,6 +280,8 @@ class AttentionEditVelocity:
         b = self.batch
         base, prior, edit = out[:b], out[b:2 * b], out[2 * b:]
         direction = orthogonal_component(edit, prior)
+        if self.edit.relative:
+            direction = direction - orthogonal_component(base, prior)
         if self.edit.tau is not None:
             # Over the patch tokens only: the indicator token is global (every token reads it), so a masked,
             # local edit leaves it alone.

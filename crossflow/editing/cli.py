@@ -166,6 +166,7 @@ def cmd_attention(args: argparse.Namespace) -> dict[str, Any]:
     prompts = [args.prompt] * args.seeds
     blocks = None if args.coarse else attention.AttentionEdit(
         args.lam, args.tau, args.start_step, None if args.blocks is None else tuple(args.blocks),
+        relative=args.relative,
     ).check(len(pipe.model.flow.blocks), args.steps)  # block indices against the model, before any sampling
     # The same seed for both: the edit's z_base is the plain sample's z_text, so "before" is its λ = 0 image.
     before = pipe(prompts, num_steps=args.steps, guidance_scale=args.cfg_scale, generator=_generator(args),
@@ -207,9 +208,9 @@ def _check_attention_args(args: argparse.Namespace) -> None:
 
     check_lambda(args.lam)
     if args.coarse:
-        if args.tau is not None or args.start_step != 0 or args.blocks is not None:
-            raise CrossFlowError("--tau, --start-step and --blocks set the attention edit; --coarse edits the text "
-                                 "latent and takes only --lam (and --prior-prompt)")
+        if args.tau is not None or args.start_step != 0 or args.blocks is not None or args.relative:
+            raise CrossFlowError("--tau, --start-step, --blocks and --relative set the attention edit; --coarse edits "
+                                 "the text latent and takes only --lam (and --prior-prompt)")
         return
     check_tau(args.tau)
     if not 0 <= args.start_step < args.steps:
@@ -475,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask threshold in (0, 1): edit only the tokens the edit changes most; 'none' (default): no mask")
     p.add_argument("--start-step", type=int, default=0, help="edit from this sampler step on (default 0: every step)")
     p.add_argument("--blocks", type=int, nargs="+", default=None, help="flow block indices to edit (default: all)")
+    p.add_argument("--relative", action="store_true",
+                   help="add λ·(edit − base) of the prior-orthogonal outputs, not λ·edit (on the shapes demo: "
+                        "--relative --blocks 0 1 --lam 2 edits colour best; docs/attention_edit.md)")
     p.add_argument("--coarse", action="store_true",
                    help="the coarse variant: z = z_base + λ·(d − proj_{z_prior} d), d = z_edit − z_base, no hook")
     p.add_argument("--prior-prompt", default="", help="--coarse: z_prior is this prompt's VE mean (default: empty)")

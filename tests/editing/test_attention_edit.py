@@ -240,6 +240,20 @@ def test_the_edit_hook_moves_only_the_base_rows(pipe: CrossFlowPipeline) -> None
     assert masked.edited_calls == 1 and masked.mask_coverage == pytest.approx(mask.mean().item())
 
 
+def test_the_relative_edit_swaps_the_base_prior_orthogonal_part_for_the_edits(pipe: CrossFlowPipeline) -> None:
+    z = torch.randn(2, *pipe.config.latent_shape, generator=_g(5))
+    out = torch.randn(6, 5, 32, generator=_g(7))
+    base, prior, edit = out[:2], out[2:4], out[4:]
+    velocity = AttentionEditVelocity(pipe, z, z + 1, AttentionEdit(lam=1.0, blocks=(0,), relative=True), CFG, STEPS)
+    new = velocity.hook(0, torch.zeros(6), out)[:2]
+    # At λ = 1: the base's own component along the prior, plus the edit's component orthogonal to it.
+    unit = prior / prior.norm(dim=-1, keepdim=True)
+    along = (base * unit).sum(-1, keepdim=True) * unit
+    torch.testing.assert_close(new, along + orthogonal_component(edit, prior))
+    same = velocity.hook(0, torch.zeros(6), torch.cat([base, prior, base]))[:2]  # edit state = base: no change
+    torch.testing.assert_close(same, base)
+
+
 # ---------------------------------------------------------------------------------------------- the edits
 
 
