@@ -140,6 +140,27 @@ def read_lightning_meta(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(meta, map_location="cpu", weights_only=True)
 
 
+def read_tagged_safetensors(path: str | os.PathLike, key: str, what: str, kind: str
+                            ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file that must carry metadata ``key`` (no pickled code runs). One-line
+    errors name the file as ``what`` ("LoRA file") when missing or unreadable, and say it is not a CrossFlow
+    ``kind`` ("LoRA file", "instance bank") when the key is absent."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CrossFlowError(f"{what} not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise CrossFlowError(f"cannot read {what} {path}: {str(err).splitlines()[0]}") from err
+    if key not in meta:
+        raise CrossFlowError(f"{path} is not a CrossFlow {kind} (no {key} in its metadata)")
+    return meta, load_file(str(path))
+
+
 def export(ckpt: str, out: str, no_ema: bool = False, lora: str | None = None, lora_scale: float = 1.0) -> Path:
     """Write ``out/config.json`` and ``out/model.safetensors`` from any checkpoint ``ckpt`` (LoRA adapters merged:
     a LoRA fine-tune's own, or the file ``lora`` onto the base ``ckpt``)."""

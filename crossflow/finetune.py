@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from crossflow.checkpoint import read_tagged_safetensors
 from crossflow.config import ModelConfig, config_diff
 from crossflow.errors import CrossFlowError
 
@@ -310,19 +310,10 @@ def save_lora(model: nn.Module, path: str | os.PathLike, full_modules: Sequence[
 
 def read_lora_file(path: str | os.PathLike) -> tuple[LoraSpec, dict[str, torch.Tensor], list[str], ModelConfig | None]:
     """(spec, tensors, full modules, base config) of an adapter file written by :func:`save_lora`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossFlowError(f"LoRA file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:
-        raise CrossFlowError(f"cannot read LoRA file {path}: {str(err).splitlines()[0]}") from err
-    if LORA_META_KEY not in meta:
-        raise CrossFlowError(f"{path} is not a CrossFlow LoRA file (no {LORA_META_KEY} in its metadata)")
+    meta, tensors = read_tagged_safetensors(path, LORA_META_KEY, "LoRA file", "LoRA file")
     spec = LoraSpec.from_dict(json.loads(meta[LORA_META_KEY]))
     base = ModelConfig.from_dict(json.loads(meta[LORA_BASE_KEY])) if LORA_BASE_KEY in meta else None
-    return spec, load_file(str(path)), json.loads(meta.get(LORA_FULL_KEY, "[]")), base
+    return spec, tensors, json.loads(meta.get(LORA_FULL_KEY, "[]")), base
 
 
 def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -36,10 +36,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from crossflow.checkpoint import read_tagged_safetensors
 from crossflow.data.shapes import Instance
 from crossflow.errors import CrossFlowError
 from crossflow.models.flow_model import FlowModel
@@ -387,17 +387,8 @@ def save_bank(bank: LoraBank | TextOffsetBank, record: BankRecord, path: str | o
 
 def read_bank(path: str | os.PathLike) -> tuple[BankRecord, dict[str, torch.Tensor]]:
     """(record, tensors) of a bank file written by :func:`save_bank`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CrossFlowError(f"bank file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:
-        raise CrossFlowError(f"cannot read bank file {path}: {str(err).splitlines()[0]}") from err
-    if BANK_META_KEY not in meta:
-        raise CrossFlowError(f"{path} is not a CrossFlow instance bank (no {BANK_META_KEY} in its metadata)")
-    return BankRecord.from_json(meta[BANK_META_KEY]), load_file(str(path))
+    meta, tensors = read_tagged_safetensors(path, BANK_META_KEY, "bank file", "instance bank")
+    return BankRecord.from_json(meta[BANK_META_KEY]), tensors
 
 
 def vectors_from_file(record: BankRecord, tensors: dict[str, torch.Tensor]) -> torch.Tensor:

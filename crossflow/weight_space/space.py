@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from crossflow.checkpoint import read_tagged_safetensors
 from crossflow.errors import CrossFlowError
 
 if TYPE_CHECKING:
@@ -210,18 +210,8 @@ class WeightSpace:
     @classmethod
     def load(cls, path: str | os.PathLike) -> WeightSpace:
         """Inverse of :meth:`save` (safetensors: no pickled code runs)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CrossFlowError(f"weight space file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as err:
-            raise CrossFlowError(f"cannot read weight space {path}: {str(err).splitlines()[0]}") from err
-        if SPACE_META_KEY not in meta:
-            raise CrossFlowError(f"{path} is not a CrossFlow weight space (no {SPACE_META_KEY} in its metadata)")
+        meta, t = read_tagged_safetensors(path, SPACE_META_KEY, "weight space file", "weight space")
         info = json.loads(meta[SPACE_META_KEY])
-        t = load_file(str(path))
         return cls(t["mean"], t["std"], t["components"], t["variances"], info["vector_shape"], t.get("coefficients"),
                    info.get("labels"), info.get("metadata"))
 
