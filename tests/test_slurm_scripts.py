@@ -84,11 +84,14 @@ import os, signal, sys, time
 got = []
 signal.signal(signal.SIGUSR1, lambda *_: got.append(1))  # as the Preemption callback does
 open(f"ready.{os.environ['RANK']}", "w").write(str(os.getpid()))
-deadline = time.time() + 60
+deadline = time.time() + 300  # ends at the signal; long only so a slow sibling cannot make it miss one
 while not got and time.time() < deadline:
     time.sleep(0.05)
 open(f"result.{os.environ['RANK']}", "w").write("signal" if got else "timeout")
 """
+
+
+STARTUP_TIMEOUT_S = 240
 
 
 def _node_wrapper() -> str:
@@ -104,26 +107,35 @@ def test_torchrun_survives_sigusr1_and_its_workers_get_it(tmp_path: Path, to_all
     torchrun lives on (without the wrapper it dies of SIGUSR1), each worker sees the signal once or more, and
     the task exits with the workers' status."""
     (tmp_path / "worker.py").write_text(WORKER)
-    wrapper = subprocess.Popen(
-        ["bash", "-c", _node_wrapper(), "node-wrapper", sys.executable, "-m", "torch.distributed.run",
-         "--standalone", "--nproc-per-node=2", "worker.py"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    log_path = tmp_path / "torchrun.log"
+    with log_path.open("w") as log:
+        wrapper = subprocess.Popen(
+            ["bash", "-c", _node_wrapper(), "node-wrapper", sys.executable, "-m", "torch.distributed.run",
+             "--standalone", "--nproc-per-node=2", "worker.py"],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True,
+        )
     try:
+        # Start-up (two interpreters importing torch, a c10d rendezvous) is not what is tested and takes tens of
+        # seconds on a loaded 2-core machine: wait generously, but stop at once if the wrapper has exited.
         ready = [tmp_path / "ready.0", tmp_path / "ready.1"]
-        deadline = time.time() + 60
+        deadline = time.time() + STARTUP_TIMEOUT_S
         while not all(p.is_file() and p.read_text() for p in ready) and time.time() < deadline:
+            if wrapper.poll() is not None:
+                break
             time.sleep(0.1)
-        assert wrapper.poll() is None and all(p.is_file() for p in ready), "workers did not start"
+        started = wrapper.poll() is None and all(p.is_file() and p.read_text() for p in ready)
+        assert started, (f"workers did not start (wrapper exit status {wrapper.poll()}, "
+                         f"{time.time() - deadline + STARTUP_TIMEOUT_S:.0f} s): {log_path.read_text()[-3000:]}")
         targets = [wrapper.pid]
         if to_all:
             agent = subprocess.run(["pgrep", "-P", str(wrapper.pid)], capture_output=True, text=True).stdout.split()
             targets += [int(pid) for pid in agent] + [int(p.read_text()) for p in ready]
         for pid in targets:
             subprocess.run(["kill", "-USR1", str(pid)], check=True)
-        out, _ = wrapper.communicate(timeout=60)
+        wrapper.wait(timeout=60)
     finally:
         if wrapper.poll() is None:
             wrapper.kill()
+    out = log_path.read_text()
     assert wrapper.returncode == 0, out[-3000:]
     assert [(tmp_path / f"result.{r}").read_text() for r in (0, 1)] == ["signal", "signal"]
