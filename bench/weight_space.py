@@ -150,12 +150,16 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
     path = workdir / f"bank_{kind}.safetensors"
     config = BankTrainConfig(kind=kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,  # type: ignore[arg-type]
                              images_per_instance=args.images_per_instance, caption=args.caption,
-                             position=None if args.position == "random" else args.position, seed=args.seed)
+                             position=None if args.position == "random" else args.position, seed=args.seed,
+                             lr=args.lr, precision=args.precision)
     bank: LoraBank | TextOffsetBank | None = None
     if path.exists() and not args.smoke:
         bank, record = load_bank(path, pipe.model)
-        if record.instances != instances or record.training.get("steps") != args.train_steps or record.rank != (
-                args.rank if kind == "lora" else None):
+        wanted = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.learning_rate,
+                  "images_per_instance": config.images_per_instance, "caption": config.caption,
+                  "position": config.position, "seed": config.seed, "precision": config.precision}
+        if record.instances != instances or record.rank != (args.rank if kind == "lora" else None) or any(
+                record.training.get(key) != value for key, value in wanted.items()):
             print(f"{path} was trained with other settings: retraining")
             if isinstance(bank, LoraBank):
                 bank.detach(pipe.model)
@@ -328,6 +332,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images-per-instance", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=None, help="bank learning rate (default: 3e-3 LoRA, 1e-2 text)")
+    parser.add_argument("--precision", default="32-true",
+                        help="Lightning precision of the bank training (bf16-mixed where the CPU has native bf16)")
     parser.add_argument("--models", type=int, default=50, help="models sampled from the PC Gaussian")
     parser.add_argument("--seeds", type=int, default=8, help="images per model")
     parser.add_argument("--attribute", choices=ATTRIBUTE_NAMES, default="aspect")
