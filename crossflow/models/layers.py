@@ -71,6 +71,16 @@ def _needs_math_kernel(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and low_precision and torch.is_grad_enabled() and q.requires_grad
 
 
+class QKNorm(nn.RMSNorm):
+    """RMSNorm over the head dimension whose weight follows the input's dtype. Under bf16 autocast q and k arrive
+    in bf16 while the weight stays fp32, and ``F.rms_norm`` then drops from its fused kernel to a slower composite
+    one (warning on every call); casting the weight keeps the fused kernel, which accumulates in fp32 anyway."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels)."""
 
@@ -82,8 +92,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         # QK-norm keeps attention logits bounded at high learning rates (Dehghani et al. 2023, ViT-22B).
         head_dim = width // num_heads
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,8 +125,8 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(width, 2 * width)
         head_dim = width // num_heads
-        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.q_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
 
     def forward(

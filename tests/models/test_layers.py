@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from crossflow.models.layers import (
     Attention,
     EncoderBlock,
     FinalLayer,
+    QKNorm,
     TimestepEmbedder,
     patchify,
     sincos_pos_embed_2d,
@@ -96,6 +99,22 @@ def test_low_precision_cpu_training_uses_the_math_kernel_with_the_same_result() 
     reference = attn(x.detach())
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_qk_norm_matches_rms_norm_and_keeps_the_fused_kernel_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    reference, norm = torch.nn.RMSNorm(32), QKNorm(32)
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        norm.weight.copy_(reference.weight)
+    x = torch.randn(4, 2, 10, 32)
+    assert torch.equal(norm(x), reference(x))  # fp32: the same op
+    with warnings.catch_warnings():  # torch warns when a dtype mismatch drops it to the slow composite kernel
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), reference(x), atol=0.05, rtol=0.02)
 
 
 def test_encoder_block_and_mlp_shapes() -> None:
