@@ -135,6 +135,23 @@ def images_of(study: Study, vector: torch.Tensor, args: argparse.Namespace, seed
                            guidance_scale=args.guidance, targets=study.record.targets, **kw)  # type: ignore[arg-type]
 
 
+ATTRIBUTE_FAMILIES = ("shape", "hue", "size", "aspect")
+
+
+def by_attribute(counts: dict[str, int], total: int) -> str:
+    """'shape .50 / hue 1.00 / ...': which attribute breaks a measure."""
+    return " / ".join(f"{name} {count / total:.2f}" for name, count in counts.items())
+
+
+def consistent_by_attribute(readings: list) -> dict[str, bool]:
+    """Per attribute: do all readings agree pairwise on it (a missing reading breaks every attribute)?"""
+    if any(r is None for r in readings):
+        return dict.fromkeys(ATTRIBUTE_FAMILIES, False)
+    pairs = [attribute_matches(readings[i], readings[j], DEFAULT_TOLERANCE)
+             for i in range(len(readings)) for j in range(i + 1, len(readings))]
+    return {name: all(p[name] for p in pairs) for name in ATTRIBUTE_FAMILIES}
+
+
 def identity_of(images: torch.Tensor) -> tuple[Instance | None, bool]:
     readings = [measure_instance(image) for image in images]
     return summary(readings), consistent(readings)
@@ -176,26 +193,37 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
 def part_fidelity(study: Study, heldout: list[int], args: argparse.Namespace) -> None:
     """Do the bank's own held-out models (and their projections on the k PCs) draw their instance?"""
     own = projected = 0
+    per_attribute = dict.fromkeys(ATTRIBUTE_FAMILIES, 0)
     for index in tqdm(heldout, desc=f"{study.kind} fidelity", disable=args.smoke):
         instance = study.record.instances[index]
         full = images_of(study, study.vectors[index], args, seed=args.seed)
         proj = images_of(study, study.space.decode(study.space.encode(study.vectors[index])), args, seed=args.seed)
-        own += instance_match(identity_of(full)[0], instance)
+        drawn = identity_of(full)[0]
+        own += instance_match(drawn, instance)
         projected += instance_match(identity_of(proj)[0], instance)
+        if drawn is not None:
+            for name, ok in attribute_matches(drawn, instance, DEFAULT_TOLERANCE).items():
+                per_attribute[name] += ok
     study.results["fidelity_own"] = own / len(heldout)
     study.results["fidelity_projected"] = projected / len(heldout)
+    study.results["fidelity_by_attribute"] = by_attribute(per_attribute, len(heldout))
 
 
 def part_sampling(study: Study, args: argparse.Namespace) -> None:
     """(a) models drawn from the PC Gaussian: one identity across the seeds?"""
     coeffs = study.space.sample(args.models, torch.Generator().manual_seed(args.seed + 1))
     hits, rows = 0, []
+    per_attribute = dict.fromkeys(ATTRIBUTE_FAMILIES, 0)
     for c in tqdm(coeffs, desc=f"{study.kind} sampled models", disable=args.smoke):
         images = images_of(study, study.space.decode(c), args, seed=args.seed)
-        hits += identity_of(images)[1]
+        readings = [measure_instance(image) for image in images]
+        hits += consistent(readings)
+        for name, ok in consistent_by_attribute(readings).items():
+            per_attribute[name] += ok
         if len(rows) < args.examples:
             rows.append(images[: args.examples_per_row])
     study.results["sampling_consistent"] = hits / args.models
+    study.results["sampling_by_attribute"] = by_attribute(per_attribute, args.models)
     study.examples["samples"] = rows
 
 
@@ -278,7 +306,9 @@ def report(studies: list[Study], args: argparse.Namespace, label: str, files: di
         ["space: variance explained by k PCs", *(s.results["explained"] for s in studies), "—"],
         row("fidelity: held-out bank model draws its instance", "fidelity_own"),
         row("fidelity: its projection on the k PCs", "fidelity_projected"),
+        row("fidelity by attribute (held-out bank models)", "fidelity_by_attribute"),
         row("(a) sampled models with one identity over the seeds", "sampling_consistent", f"≥ {SAMPLING_BAR:.0%}"),
+        row("(a) by attribute: the seeds agree on it", "sampling_by_attribute"),
         row(f"(b) {args.attribute} direction: R² on the training models", "direction_r2"),
         row(f"(b) {args.attribute} changed in the asked direction", "changed", f"≥ {CHANGED_BAR:.0%}"),
         row("(b) other attributes held", "held", f"≥ {HELD_BAR:.0%}"),
@@ -350,6 +380,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out-dir", default=None, help="where the pictures go (default docs/; --smoke: a temp dir)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find cached) the banks in --workdir and stop: run one process per --kinds "
+                             "to train the banks side by side, then one without this flag to measure")
     parser.add_argument("--smoke", action="store_true",
                         help="random demo-shaped model, 6 + 2 instances, 3 steps; prints the section instead of "
                              "writing docs/results.md")
@@ -377,12 +410,17 @@ def main() -> None:
         studies = []
         for kind in args.kinds:
             study = build(kind, pipe, instances, args, workdir, label)
+            if args.train_only:
+                print(f"{kind} bank ready in {workdir}: {float(study.record.training['seconds']):.0f} s of training")
+                continue
             study.results["explained"] = round(sum(explained_variance(study.space)), 4)
             part_fidelity(study, heldout, args)
             part_sampling(study, args)
             part_direction(study, heldout, args)
             part_inversion(study, heldout, args)
             studies.append(study)
+        if args.train_only:
+            return
         files: dict[str, str] = {}
         for name in ("samples", "edits", "inversions"):
             for study in studies:
@@ -395,7 +433,8 @@ def main() -> None:
             print(f"(smoke: {len(files)} pictures and the banks written under {out}; "
                   f"{time.perf_counter() - start:.1f} s)")
             return
-    update_section(SECTION, "The weight space of instance fine-tunes (weights2weights-style)", COMMAND, body)
+    command = " ".join(["python bench/weight_space.py", *sys.argv[1:]]) if len(sys.argv) > 1 else COMMAND
+    update_section(SECTION, "The weight space of instance fine-tunes (weights2weights-style)", command, body)
 
 
 if __name__ == "__main__":
