@@ -168,13 +168,14 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
     config = BankTrainConfig(kind=kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,  # type: ignore[arg-type]
                              images_per_instance=args.images_per_instance, caption=args.caption,
                              position=None if args.position == "random" else args.position, seed=args.seed,
-                             lr=args.lr, precision=args.precision)
+                             lr=args.lr, precision=args.precision, shared_init=args.shared_init)
     bank: LoraBank | TextOffsetBank | None = None
     if path.exists() and not args.smoke:
         bank, record = load_bank(path, pipe.model)
         wanted = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.learning_rate,
                   "images_per_instance": config.images_per_instance, "caption": config.caption,
-                  "position": config.position, "seed": config.seed, "precision": config.precision}
+                  "position": config.position, "seed": config.seed, "precision": config.precision,
+                  **({"shared_init": True} if config.shared_init else {})}
         if record.instances != instances or record.rank != (args.rank if kind == "lora" else None) or any(
                 record.training.get(key) != value for key, value in wanted.items()):
             print(f"{path} was trained with other settings: retraining")
@@ -325,7 +326,8 @@ def report(studies: list[Study], args: argparse.Namespace, label: str, files: di
     first = studies[0]
     settings = (
         f"Model: {label}. {len(first.space.metadata['fitted'])} training instances + {args.heldout} held out, caption "
-        f"\"{first.record.prompt}\", images at position {args.position}; LoRA rank {args.rank} on q, v of every flow block; banks trained in one run each, "
+        f"\"{first.record.prompt}\", images at position {args.position}; LoRA rank {args.rank} on q, v of every flow block "
+        f"(A initialised {'from one shared draw' if args.shared_init else 'independently per instance'}); banks trained in one run each, "
         f"{args.train_steps} steps of batch {args.batch_size} ({args.images_per_instance} renders per instance); "
         f"k = {args.k} PCs over standardised vectors. {args.seeds} images per model, {args.num_steps} Euler steps, "
         f"guidance {args.guidance:g}. Edit: {args.attribute} by ±{args.amount:g} (its linear prediction; aspect in "
@@ -380,6 +382,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out-dir", default=None, help="where the pictures go (default docs/; --smoke: a temp dir)")
+    parser.add_argument("--shared-init", action="store_true",
+                        help="every instance's LoRA A starts from one random draw (a shared row space for the PCA)")
     parser.add_argument("--train-only", action="store_true",
                         help="train (or find cached) the banks in --workdir and stop: run one process per --kinds "
                              "to train the banks side by side, then one without this flag to measure")

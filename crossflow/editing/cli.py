@@ -268,7 +268,7 @@ def cmd_w2w_train(args: argparse.Namespace) -> dict[str, Any]:
     config = BankTrainConfig(kind=args.kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,
                              images_per_instance=args.images_per_instance, lr=args.lr, token=args.token,
                              caption=args.caption, position=args.position, seed=args.seed,
-                             precision=args.precision)
+                             precision=args.precision, shared_init=args.shared_init)
     instances = sample_instances(args.instances, args.instance_seed)
     pipe, out = _pipe(args), _out(args)
     bank, record = train_bank(pipe, instances, config, base_checkpoint=str(args.ckpt))
@@ -513,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32-true",
                    help="Lightning precision of the bank training, e.g. bf16-mixed (faster on a CPU with native "
                         "bf16, or on a GPU)")
+    p.add_argument("--shared-init", action="store_true",
+                   help="every instance's LoRA A starts from one random draw (the ΔWs then share a row space)")
     p.add_argument("--preview", type=int, default=4, help="instances shown in preview.png (0: none)")
     p.add_argument("--seeds", type=int, default=4, help="samples per previewed instance")
 

@@ -75,7 +75,10 @@ class BankedLoRALinear(nn.Module):
 
     ``A`` (K, P, r, D_in) and ``B`` (K, P, D, r) hold one factor pair per instance and target block (P targets):
     separate factors for q and v, as separate LoRAs on the two projections. B starts at zero (the model starts
-    unchanged), A small and random (Hu et al. 2021). Three modes, set by :class:`LoraBank`'s context managers:
+    unchanged), A small and random (Hu et al. 2021): one draw per instance, or with ``shared_init`` one draw that
+    every instance starts from. A short fine-tune moves A little, so ΔW = B A stays near the row space A started in:
+    independent draws put every instance's ΔW in its own random subspace, which a PCA over instances cannot
+    share; a shared start puts them all in one. Three modes, set by :class:`LoraBank`'s context managers:
 
     - nothing set: the base layer, bit for bit (one check);
     - instance ids (B,): sample b adds B[i_b] A[i_b] x_b on its target rows (id -1: nothing);
@@ -83,7 +86,7 @@ class BankedLoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, num_instances: int, rank: int, targets: Sequence[str] = DEFAULT_TARGETS,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, shared_init: bool = False) -> None:
         super().__init__()
         if base.out_features % 3:
             raise CrossFlowError(f"expected a fused qkv Linear with 3·D outputs, got {base.out_features}")
@@ -95,7 +98,8 @@ class BankedLoRALinear(nn.Module):
         self.rank = rank
         p, d_in = len(self.targets), base.in_features
         device, dtype = base.weight.device, base.weight.dtype
-        a = torch.rand(num_instances, p, rank, d_in, generator=generator, dtype=torch.float32)
+        a = torch.rand(1 if shared_init else num_instances, p, rank, d_in, generator=generator, dtype=torch.float32)
+        a = a.expand(num_instances, -1, -1, -1).clone()
         bound = 1.0 / math.sqrt(d_in)  # peft's default A: kaiming_uniform(a=√5) = U(±1/√fan_in)
         self.A = nn.Parameter(((2 * a - 1) * bound).to(device, dtype))
         self.B = nn.Parameter(torch.zeros(num_instances, p, self.width, rank, device=device, dtype=dtype))
@@ -164,9 +168,10 @@ class LoraBank:
 
     @classmethod
     def attach(cls, model: FlowModel, num_instances: int, rank: int = 2, targets: Sequence[str] = DEFAULT_TARGETS,
-               generator: torch.Generator | None = None, freeze: bool = True) -> LoraBank:
+               generator: torch.Generator | None = None, freeze: bool = True, shared_init: bool = False) -> LoraBank:
         """Wrap every flow block's ``attn.qkv`` of ``model`` (in place); with ``freeze``, everything in ``model`` but
-        the bank's A, B stops requiring grad."""
+        the bank's A, B stops requiring grad. ``shared_init``: every instance's A starts from the same draw
+        (:class:`BankedLoRALinear`)."""
         if cls.of(model) is not None:
             raise CrossFlowError("this model already carries a LoRA bank (detach it first)")
         if freeze:
@@ -176,7 +181,7 @@ class LoraBank:
             base = getattr(parent, name)
             if not isinstance(base, nn.Linear):
                 raise CrossFlowError(f"expected attn.qkv to be an nn.Linear, got {type(base).__name__}")
-            layer = BankedLoRALinear(base, num_instances, rank, targets, generator=generator)
+            layer = BankedLoRALinear(base, num_instances, rank, targets, generator=generator, shared_init=shared_init)
             setattr(parent, name, layer)
             layers.append(layer)
         return cls(layers)

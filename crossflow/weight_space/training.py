@@ -44,6 +44,9 @@ class BankTrainConfig:
     """LoRA rank r (1–4 in issue 7)."""
     targets: tuple[str, ...] = DEFAULT_TARGETS
     """Row blocks of the fused qkv that get updates."""
+    shared_init: bool = False
+    """Start every instance's LoRA A from one random draw instead of one draw each, so that the instances' ΔW
+    share a row space (a PCA over them then finds shared directions; see LoraBank.attach)."""
     steps: int = 3000
     """Optimizer steps of the whole bank."""
     batch_size: int = 64
@@ -151,7 +154,7 @@ def train_bank(
     if config.kind == "lora":
         generator = torch.Generator().manual_seed(config.seed)
         bank: LoraBank | TextOffsetBank = LoraBank.attach(pipe.model, len(instances), config.rank, config.targets,
-                                                          generator=generator)
+                                                          generator=generator, shared_init=config.shared_init)
     else:
         pipe.model.requires_grad_(False)
         bank = TextOffsetBank(len(instances), pipe.model.variational.grid_shape).to(pipe.device)

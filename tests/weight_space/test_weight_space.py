@@ -104,6 +104,27 @@ def test_the_k_rows_are_untouched_and_q_v_rows_get_the_update(pipe: CrossFlowPip
             torch.testing.assert_close(y[b, :, block], base[b, :, block] + x[b] @ delta.T)
 
 
+def test_shared_init_starts_every_instance_from_one_a_and_their_deltas_share_a_row_space(
+        pipe: CrossFlowPipeline) -> None:
+    shared = LoraBank.attach(copy.deepcopy(pipe.model), num_instances=4, rank=2, generator=_g(), shared_init=True)
+    independent = LoraBank.attach(pipe.model, num_instances=4, rank=2, generator=_g())
+    a_shared, a_independent = shared.layers[0].A, independent.layers[0].A
+    assert all(torch.equal(a_shared[i], a_shared[0]) for i in range(4))
+    assert not torch.equal(a_independent[1], a_independent[0])
+    _randomise(shared)
+    _randomise(independent)
+    for bank, expected_rank in ((shared, 2), (independent, 8)):  # 4 instances x rank 2
+        layer = bank.layers[0]
+        with torch.no_grad():
+            deltas = torch.stack([layer.B[i, 0] @ layer.A[i, 0] for i in range(4)])  # (4, D, D_in)
+        # All instances' ΔW rows together span the A rows: one rank-2 space when shared, 4 x 2 dims when not.
+        assert torch.linalg.matrix_rank(deltas.reshape(-1, deltas.shape[-1])) == expected_rank
+    # Separate storage per instance: training one instance's A leaves the others' alone.
+    with torch.no_grad():
+        a_shared[1].add_(1.0)
+    assert torch.equal(a_shared[2], a_shared[0]) and not torch.equal(a_shared[1], a_shared[0])
+
+
 def test_each_samples_gradient_reaches_only_its_instance(pipe: CrossFlowPipeline) -> None:
     bank = LoraBank.attach(pipe.model, num_instances=4, rank=2, generator=_g())
     _randomise(bank)
