@@ -42,15 +42,16 @@ scattered pixels, so the bank starts from a caption it draws cleanly and each Lo
 Defaults follow issue 7's counts (300 + 50 instances, k = 20, 50 models, 8 seeds). Banks are cached in ``--workdir`` (default runs/bench_weight_space): a rerun with
 the same settings skips the training. Images (sampled models, edits, inversions) go to docs/ (``--out-dir``).
 
-Cost, estimated from per-step times measured on the demo checkpoint (runs/bench_finetune/pretrain, 1 thread on a 2-core
-CPU shared with two other benchmark jobs, so an idle machine should do better): bank training 0.67 s/step (LoRA) and
-0.52 s/step (text offsets) at batch 64 -> 3000 steps ≈ 34 + 26 min; sampling 1.5 s per model (8 images x 50 steps)
--> 300 models per kind (fidelity 100, sampling 50, edits 100, inversions 50) ≈ 2 x 8 min; inversion 0.083 s/step at
-batch 8 -> 200 steps ≈ 17 s each, 50 per kind ≈ 2 x 14 min. In all about 1.75 hours.
+Cost, measured on the 4000-step `make demo` checkpoint (2026-12-02, a 2-core CPU with native bf16): bank training in
+bf16 at batch 64 on one thread, 0.245 s/step (LoRA) and 0.239 s/step (text offsets) -> 10000 steps ≈ 41 + 40 min
+(the two banks train side by side with ``--train-only``, one process per ``--kinds``); in fp32 on an AVX2-only CPU
+0.67 s/step (measured beside other jobs). The measurements then take about 16 minutes for both kinds at 2 threads
+(inversion ≈ 6 s each).
 
-Run: python bench/weight_space.py [--ckpt runs/bench_finetune/pretrain/checkpoints/last.ckpt] [--instances 300]
-     [--heldout 50] [--rank 2] [--k 20] [--train-steps 3000] [--models 50] [--seeds 8] [--attribute aspect]
-     [--amount 0.4] [--t-inject 0] [--inversion-steps 200] [--kinds lora text] [--smoke]
+Run: python bench/weight_space.py [--ckpt runs/demo/checkpoints/last.ckpt] [--instances 300]
+     [--heldout 50] [--rank 2] [--shared-init] [--k 20] [--train-steps 10000] [--precision bf16-mixed] [--models 50]
+     [--seeds 8] [--attribute aspect] [--amount 0.4] [--t-inject 0] [--inversion-steps 200] [--kinds lora text]
+     [--train-only] [--smoke]
 ``--smoke`` runs a randomly initialised demo-shaped model at toy sizes in a temporary folder (< 1 minute) and prints
 the section instead of writing docs/results.md.
 """
@@ -99,10 +100,10 @@ from crossflow.weight_space.space import WeightSpace, explained_variance, fit_ba
 from crossflow.weight_space.training import BankTrainConfig, train_bank  # noqa: E402
 
 SECTION = "weight_space"
-COMMAND = "python bench/weight_space.py --ckpt runs/bench_finetune/pretrain/checkpoints/last.ckpt"
+COMMAND = "python bench/weight_space.py"
 DEFAULT_CAPTION = "a large white circle in the center"
 """A caption the demo model draws cleanly, position stated (see the module docstring)."""
-DEFAULT_CKPT = "runs/bench_finetune/pretrain/checkpoints/last.ckpt"
+DEFAULT_CKPT = "runs/demo/checkpoints/last.ckpt"
 SAMPLING_BAR, CHANGED_BAR, HELD_BAR, INVERSION_BAR = 0.9, 0.8, 0.9, 0.8
 # What must hold while one attribute is edited: the identity's other attributes.
 FAMILY = {"aspect": "aspect", "size": "size", "hue_cos": "hue", "hue_sin": "hue",
@@ -361,7 +362,7 @@ def main() -> None:
     parser.add_argument("--position", default="center", choices=(*POSITIONS, "random"),
                         help="where every instance image sits ('random': the five positions at random)")
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--train-steps", type=int, default=3000)
+    parser.add_argument("--train-steps", type=int, default=10000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images-per-instance", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None, help="bank learning rate (default: 3e-3 LoRA, 1e-2 text)")
