@@ -46,7 +46,7 @@ class BankTrainConfig:
     """Row blocks of the fused qkv that get updates."""
     shared_init: bool = False
     """Start every instance's LoRA A from one random draw instead of one draw each, so that the instances' ΔW
-    share a row space (a PCA over them then finds shared directions; see LoraBank.attach)."""
+    start in one row space (see BankedLoRALinear; measured on the shapes bank it changed little)."""
     steps: int = 3000
     """Optimizer steps of the whole bank."""
     batch_size: int = 64
