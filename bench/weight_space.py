@@ -219,8 +219,9 @@ def part_sampling(study: Study, args: argparse.Namespace) -> None:
     for c in tqdm(coeffs, desc=f"{study.kind} sampled models", disable=args.smoke):
         images = images_of(study, study.space.decode(c), args, seed=args.seed)
         readings = [measure_instance(image) for image in images]
-        hits += consistent(readings)
-        for name, ok in consistent_by_attribute(readings).items():
+        agree = consistent_by_attribute(readings)  # one pairwise pass; all of it is `consistent(readings)`
+        hits += all(agree.values())
+        for name, ok in agree.items():
             per_attribute[name] += ok
         if len(rows) < args.examples:
             rows.append(images[: args.examples_per_row])
