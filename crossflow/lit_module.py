@@ -39,6 +39,9 @@ class LossConfig:
     """Weight of the contrastive alignment loss between z_text and image features (CrossFlow only)."""
     kl_weight: float = 1e-3
     """Weight λ_KL of the VE's KL term (mean over elements; CrossFlow only)."""
+    edge_weight: float = 0.0
+    """Extra flow-loss weight on the target image's outlines (flow.edge_weights: 1 + edge_weight·g); 0 = the
+    paper's plain MSE."""
     p_uncond: float = 0.1
     """Probability that a sample is trained as unconditional (indicator = 1) for CFG; the noise baseline also
     drops its text condition for it (condition dropout)."""
@@ -200,7 +203,8 @@ class CrossFlowLitModule(pl.LightningModule):
         x_t = flow.path_sample(source.x0, z_target, t, self.model_config.sigma_min)
         v_target = flow.target_velocity(source.x0, z_target, self.model_config.sigma_min)
         v_pred = net.velocity(x_t, t, uncond, source.cond)
-        loss_fm = flow.flow_matching_loss(v_pred, v_target)
+        weight = flow.edge_weights(z_target, cfg.edge_weight) if cfg.edge_weight else None
+        loss_fm = flow.flow_matching_loss(v_pred, v_target, weight)
         auxiliary = net.auxiliary_losses(source, z_image)
         weights = {"align": cfg.align_weight, "kl": cfg.kl_weight}
         loss = loss_fm

@@ -274,3 +274,35 @@ def test_flow_matching_loss() -> None:
     assert flow.flow_matching_loss(v, other).item() == pytest.approx(0.25)
     loss_bf16 = flow.flow_matching_loss(v.bfloat16(), other.bfloat16())
     assert loss_bf16.dtype == torch.float32 and loss_bf16.dim() == 0
+
+
+def _square_image() -> torch.Tensor:
+    """One 16-px image in [-1, 1]: black background, a red 6×6 square at rows/cols 5..10."""
+    x = -torch.ones(1, 3, 16, 16)
+    x[0, 0, 5:11, 5:11] = 1.0
+    return x
+
+
+def test_edge_weights_mark_the_outline_and_leave_flat_areas_at_one() -> None:
+    w = flow.edge_weights(_square_image(), strength=4.0)
+    assert w.shape == (1, 1, 16, 16)
+    # The outline (one pixel either side of the square's border) gets 1 + strength; flat areas get 1.
+    assert w[0, 0, 5, 5].item() == 5.0 and w[0, 0, 4, 7].item() == 5.0 and w[0, 0, 11, 7].item() == 5.0
+    assert w[0, 0, 0, 0].item() == 1.0 and w[0, 0, 7, 7].item() == 1.0 and w[0, 0, 15, 15].item() == 1.0
+    assert flow.edge_weights(-torch.ones(2, 3, 8, 8), strength=4.0).eq(1.0).all()  # a blank image has no edges
+    with pytest.raises(ValueError, match="strength"):
+        flow.edge_weights(_square_image(), strength=-1.0)
+
+
+def test_weighted_flow_matching_loss_is_a_weighted_mean() -> None:
+    v = torch.zeros(1, 3, 16, 16)
+    other = torch.zeros_like(v)
+    other[0, :, 0, 0] = 1.0  # an error only on a flat background pixel
+    plain = flow.flow_matching_loss(v, other)
+    # A uniform weight is the plain MSE; weighting the outline shrinks a background error's share.
+    assert flow.flow_matching_loss(v, other, torch.full((1, 1, 16, 16), 3.0)).item() == pytest.approx(plain.item())
+    weighted = flow.flow_matching_loss(v, other, flow.edge_weights(_square_image(), strength=4.0))
+    assert weighted.item() < plain.item()
+    edge_err = torch.zeros_like(v)
+    edge_err[0, :, 5, 5] = 1.0  # the same error on a corner of the square counts more than plain MSE
+    assert flow.flow_matching_loss(v, edge_err, flow.edge_weights(_square_image(), 4.0)).item() > plain.item()

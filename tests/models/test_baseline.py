@@ -166,6 +166,25 @@ def test_training_objective_is_flow_matching_from_noise(tiny_model_config: Model
     assert lit.model.flow.final.linear.weight.grad.abs().sum() > 0
 
 
+def test_edge_weight_makes_the_flow_loss_the_edge_weighted_mean(tiny_model_config: ModelConfig) -> None:
+    """LossConfig.edge_weight reaches the objective: the same batch and draws, weighted by flow.edge_weights."""
+    from crossflow import flow
+    from crossflow.lit_module import LossConfig
+
+    config = _config(tiny_model_config, text_depth=1)
+    torch.manual_seed(0)
+    lit = CrossFlowLitModule(model=config, loss=LossConfig(edge_weight=2.0))
+    batch = {"caption": PROMPTS * 2, "image": torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))}
+    losses = lit.compute_losses(batch, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    z_image = lit.codec.encode(batch["image"], generator=g)
+    x0 = torch.randn((4, *config.latent_shape), generator=g)
+    err = (z_image - (1 - config.sigma_min) * x0).pow(2)
+    w = flow.edge_weights(z_image, 2.0).expand_as(err)
+    torch.testing.assert_close(losses["flow_mse"], (w * err).sum() / w.sum())
+    assert not torch.allclose(losses["flow_mse"], err.mean())
+
+
 def test_pipeline_samples_reproducibly_and_round_trips(tiny_model_config: ModelConfig, tmp_path: Path) -> None:
     from crossflow.models.text_encoder import FrozenTextEncoder
 
