@@ -52,6 +52,10 @@ def main() -> None:
         + ("**met**." if passed else "**not met**.")
         + " `heldout` prompts use 14 caption templates (and some synonyms) that never occur in the training data."
     )
+    by_size = scores["scores"]["train"].get("shape_by_size")
+    if by_size:
+        body += "\n\nShape read correctly by stated size and shape (train phrasing): " + ", ".join(
+            f"{name} {hits}/{count}" for name, (hits, count) in by_size.items()) + "."
     update_section("demo", "`make demo`: time and accuracy", "python bench/demo.py", body)
     print(body)
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from crossflow.data.shapes import ShapesSample, make_prompts
 from crossflow.errors import CrossFlowError, exit_on_user_error
-from crossflow.eval.shapes import format_scores, score
+from crossflow.eval.shapes import format_by_size, format_scores, score, shape_accuracy_by_size
 from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
 
 EVAL_SEED = 2024  # never a training seed: configs/demo.yaml trains on seed 0 (val: 1), callbacks use 1234
@@ -75,8 +75,10 @@ def evaluate(
     for phrasing in phrasings:
         prompts = make_prompts(num, seed=seed, phrasing=phrasing, image_size=image_size)
         scores, images = evaluate_pipeline(pipe, prompts, steps, cfg_scale, seed=seed)
-        results[phrasing] = scores
+        by_size = shape_accuracy_by_size(images, [p.attributes for p in prompts])
+        results[phrasing] = {**scores, "shape_by_size": {k: list(v) for k, v in by_size.items()}}
         print(f"[{phrasing} phrasing, {num} prompts, {steps} steps, cfg {cfg_scale}] {format_scores(scores)}")
+        print(f"  {format_by_size(by_size)}")
         if out:
             Path(out).mkdir(parents=True, exist_ok=True)
             big = [im.resize((im.width * 3, im.height * 3), 0) for im in images[:64]]

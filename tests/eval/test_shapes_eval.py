@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from crossflow.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapeAttributes, ShapesGenerator, render
-from crossflow.eval.shapes import format_scores, measure, score
+from crossflow.eval.shapes import format_by_size, format_scores, measure, score, shape_accuracy_by_size
 
 
 def _blur(image: np.ndarray) -> np.ndarray:
@@ -108,3 +108,17 @@ def test_input_formats_agree_and_summary_is_one_line() -> None:
         assert measure(image) == attrs.to_dict()
     line = format_scores(score([pil], [attrs]))
     assert "\n" not in line and line.startswith("n=1") and "all-correct 1.000" in line
+
+
+def test_shape_accuracy_by_size_counts_each_stated_cell() -> None:
+    rng = np.random.default_rng(0)
+    small_square = ShapeAttributes("square", "red", "small", "top left")
+    large_circle = ShapeAttributes("circle", "blue", "large", "center")
+    images = [render(small_square, 32, rng), render(large_circle, 32, rng), render(large_circle, 32, rng)]
+    # The third prompt asks for a triangle but gets a circle: one miss in the large-triangle cell.
+    stated = [small_square, large_circle, dataclasses.replace(large_circle, shape="triangle")]
+    cells = shape_accuracy_by_size(images, stated)
+    assert cells == {"small square": (1, 1), "large circle": (1, 1), "large triangle": (0, 1)}
+    assert format_by_size(cells) == "shape by size: small square 1/1 | large circle 1/1 | large triangle 0/1"
+    with pytest.raises(ValueError, match="must match"):
+        shape_accuracy_by_size(images[:2], stated)
