@@ -12,6 +12,7 @@ squares have rounded corners (docs/experiments.md, round 5). This measures both 
   prompt (every colour x position): the image a model that averages over the jitter would draw.
 
 Run: python bench/position_spread.py --ckpt runs/demo/checkpoints/last.ckpt [--ckpt OTHER ...]
+``--smoke`` runs a randomly initialised demo-shaped model at toy sizes and prints the section instead of writing it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import table, update_section  # noqa: E402
+from smoke import random_pipeline  # noqa: E402
 
 from crossflow.data.shapes import COLORS, POSITIONS, ShapeAttributes, render  # noqa: E402
 from crossflow.eval.shapes import foreground_blob, measure  # noqa: E402
@@ -79,22 +81,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cfg-scale", type=float, default=DEFAULT_GUIDANCE_SCALE)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="random model, 2 seeds, 2 steps; print, write nothing")
     args = parser.parse_args()
     ckpts = args.ckpt or ["runs/demo/checkpoints/last.ckpt"]
     torch.set_num_threads(args.threads)
+    num_mean = 256
+    if args.smoke:
+        ckpts, args.seeds, args.steps, num_mean = ["random (--smoke)"], 2, 2, 8
 
     data, mean_reading = {}, {}
     for shape, size in CELLS:
         spreads = [centroid_spread(real_renders(shape, size, c, p, args.seeds, seed=k)) for k, (c, p) in enumerate(PLACES)]
         data[shape, size] = float(np.mean(spreads))
         # Every colour x position: is the jitter-mean image still read as its shape?
-        means = [measure(np.mean(real_renders(shape, size, c, p, 256, seed=k), axis=0).round().astype(np.uint8))
+        means = [measure(np.mean(real_renders(shape, size, c, p, num_mean, seed=k), axis=0).round().astype(np.uint8))
                  for k, (c, p) in enumerate(itertools.product(COLORS, POSITIONS))]
         mean_reading[shape, size] = float(np.mean([m["shape"] == shape for m in means]))
     models = {}
     for ckpt in ckpts:
         print(f"{ckpt}:", flush=True)
-        models[ckpt] = model_spread(CrossFlowPipeline.from_pretrained(ckpt), args.seeds, args.steps, args.cfg_scale)
+        pipe = random_pipeline() if args.smoke else CrossFlowPipeline.from_pretrained(ckpt)
+        models[ckpt] = model_spread(pipe, args.seeds, args.steps, args.cfg_scale)
 
     header = ["shape", "size", "data spread (px)", *[f"`{c}`" for c in ckpts], "jitter-mean image read as its shape"]
     rows = [[shape, size, data[shape, size], *[models[c][shape, size] for c in ckpts], mean_reading[shape, size]]
@@ -104,9 +111,12 @@ def main() -> None:
         f"{len(PLACES)} prompts per row: {', '.join(f'{c} … {p}' for c, p in PLACES)}), {args.steps} Euler steps, "
         f"guidance {args.cfg_scale}; the data column is the shapes generator's own renders of the same prompts. "
         f"The last column: the fraction of the {len(COLORS) * len(POSITIONS)} colour x position combinations whose "
-        "pixel-wise mean of 256 real renders (the image a model that averages over the jitter would draw) the "
+        f"pixel-wise mean of {num_mean} real renders (the image a model that averages over the jitter would draw) the "
         "pixel evaluator still reads as the stated shape.\n\n" + table(header, rows)
     )
+    if args.smoke:
+        print(body)
+        return
     command = "python bench/position_spread.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     update_section("position_spread", "Position jitter reproduced across seeds (shapes demo)", command.strip(), body)
 
