@@ -224,6 +224,18 @@ class ShapesEvaluation(pl.Callback):
         log_sample_grid(trainer, images[: self.grid_size], [s.caption for s in samples[: self.grid_size]])
 
 
+def _batch_len(batch: Any) -> int:
+    """Samples in a batch: its captions, else the leading dimension of its first tensor (e.g. a weight-space
+    bank's image batches, which carry no captions)."""
+    if isinstance(batch, dict):
+        if "caption" in batch:
+            return len(batch["caption"])
+        for value in batch.values():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                return int(value.shape[0])
+    raise ValueError("Throughput cannot count the samples of a batch without captions or tensors")
+
+
 class Throughput(pl.Callback):
     """Logs speed, peak memory and MFU under ``perf/``; prints a progress line for non-interactive logs.
 
@@ -282,7 +294,7 @@ class Throughput(pl.Callback):
         if self._t0 is None:
             self._t0 = now  # the first step includes warm-up: start timing after it
             return
-        self._samples += len(batch["caption"])
+        self._samples += _batch_len(batch)
         self._steps += 1
         if self._steps >= self.window:
             dt = now - self._t0

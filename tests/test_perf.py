@@ -186,3 +186,20 @@ def test_throughput_in_a_trainer(tmp_path: Path) -> None:
     assert set(m) == {"perf/samples_per_s", "perf/tokens_per_s", "perf/step_time_s", "perf/peak_rss_gb", "perf/mfu"}
     assert m["perf/samples_per_s"] == pytest.approx(4 / m["perf/step_time_s"], rel=1e-4)
     assert m["perf/mfu"] == pytest.approx(m["perf/samples_per_s"] * train_flops_per_sample(TINY) / 1e12, rel=1e-4)
+
+
+def test_throughput_counts_batches_without_captions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight-space bank's batches carry images and instance ids, no captions: the leading dimension counts."""
+    module = Recorder(None)
+    callback = Throughput(window=1, print_every=0)
+    clock = iter([0.0, 0.5, 1.0])
+    monkeypatch.setattr(callbacks, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    trainer = SimpleNamespace(global_step=0, max_steps=10, is_global_zero=True, world_size=1)
+    callback.on_fit_start(trainer, module)
+    for step in range(2):
+        trainer.global_step = step + 1
+        batch = {"image": torch.zeros(6, 3, 8, 8), "instance": torch.arange(6)}
+        callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, batch, step)
+    assert module.logged[0]["perf/samples_per_s"] == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="cannot count"):
+        callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(1.0)}, {"names": ["x"]}, 2)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from crossflow.callbacks import Throughput
 from crossflow.data.shapes import INSTANCE_TOKEN, POSITIONS, Instance, instance_caption, render_instance
 from crossflow.errors import CrossFlowError
 from crossflow.inference import CrossFlowPipeline
@@ -170,6 +171,8 @@ def train_bank(
             max_steps=config.steps, accelerator="gpu" if pipe.device.type == "cuda" else "cpu", devices=1,
             precision=config.precision, logger=False, enable_checkpointing=False,  # type: ignore[arg-type]
             enable_model_summary=False, enable_progress_bar=progress, num_sanity_val_steps=0, limit_val_batches=0,
+            # Progress lines that also reach a redirected log (the bar does not), about 20 per run.
+            callbacks=[Throughput(print_every=max(1, config.steps // 20))] if progress else None,
         )
         start = time.perf_counter()
         with warnings.catch_warnings():
