@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import table, update_section  # noqa: E402
 
+from crossflow.eval.shapes import format_by_size  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("color", "position", "size", "shape", "all_correct")
 BAR = {"color": 0.95, "position": 0.95, "size": 0.85, "shape": 0.85, "all_correct": 0.75}
@@ -54,8 +56,7 @@ def main() -> None:
     )
     by_size = scores["scores"]["train"].get("shape_by_size")
     if by_size:
-        body += "\n\nShape read correctly by stated size and shape (train phrasing): " + ", ".join(
-            f"{name} {hits}/{count}" for name, (hits, count) in by_size.items()) + "."
+        body += f"\n\nTrain phrasing, {format_by_size(by_size)} (shape read correctly / stated)."
     update_section("demo", "`make demo`: time and accuracy", "python bench/demo.py", body)
     print(body)
 
