@@ -148,7 +148,12 @@ class Preemption(pl.Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._installed and threading.current_thread() is threading.main_thread():
             previous = self._previous_handler  # None: a handler not set from Python, which cannot be restored
-            signal.signal(self.signum, signal.SIG_DFL if previous is None else previous)
+            if previous is None or previous == signal.SIG_DFL:
+                # After a notice the process is on its way out, and a duplicate may still come (SLURM signals every
+                # process of the step, the torchrun node wrapper forwards its copy): with the default action it
+                # would kill this rank with SIGUSR1 while it exits, which torchrun reports as a failed worker.
+                previous = signal.SIG_IGN if self.received else signal.SIG_DFL
+            signal.signal(self.signum, previous)
         self._installed = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

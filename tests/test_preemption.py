@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -27,6 +28,15 @@ from crossflow.errors import CrossFlowError
 from crossflow.preemption import Preemption, parse_signal
 
 SIGNAL_STEP = 3
+
+
+@pytest.fixture(autouse=True)
+def restore_sigusr1() -> Iterator[None]:
+    """A notice leaves SIGUSR1 ignored (see ``Preemption.teardown``), and an ignored signal is inherited by every
+    process this one starts later: bash cannot even trap it then (the torchrun wrapper test would hang)."""
+    before = signal.getsignal(signal.SIGUSR1)
+    yield
+    signal.signal(signal.SIGUSR1, before)
 
 
 @pytest.fixture
@@ -99,7 +109,22 @@ def test_requeue_runs_scontrol_after_the_save(tmp_path: Path, monkeypatch: pytes
     assert record.read_text().split("\n") == ["requeue 4242", "saved", ""], "one requeue, after the save"
     assert _step_of(tmp_path / "ckpts" / "last.ckpt") == 2
     assert not environment.auto_requeue and not list(tmp_path.glob("hpc_ckpt_*"))
-    assert signal.getsignal(signal.SIGUSR1) == before, "the previous handler is back after fit"
+    assert before == signal.SIG_DFL, "pytest leaves SIGUSR1 at its default"
+    # A duplicate notice (SLURM signals every process; the torchrun wrapper forwards a copy) must not kill the
+    # exiting rank, as the default action would.
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN, "after a notice, further ones are ignored"
+
+
+def test_without_a_notice_the_previous_handler_is_back(tmp_path: Path) -> None:
+    def mine(*_: object) -> None:
+        pass
+
+    for previous in (signal.SIG_DFL, mine):
+        signal.signal(signal.SIGUSR1, previous)
+        _fit(tmp_path / str(id(previous)), Preemption(), signal_step=100)  # never signalled
+        assert signal.getsignal(signal.SIGUSR1) == previous
+    _fit(tmp_path / "again", Preemption(), signal_step=2)  # a handler of the user's own is back even after a notice
+    assert signal.getsignal(signal.SIGUSR1) == mine
 
 
 def test_missing_scontrol_is_logged_and_checks_every_n_steps(

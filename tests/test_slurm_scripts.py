@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,6 +88,9 @@ open(f"ready.{os.environ['RANK']}", "w").write(str(os.getpid()))
 deadline = time.time() + 300  # ends at the signal; long only so a slow sibling cannot make it miss one
 while not got and time.time() < deadline:
     time.sleep(0.05)
+# As the Preemption callback's teardown does: a duplicate arriving while the interpreter exits (Python restores the
+# default action at finalisation) would otherwise kill this worker with SIGUSR1.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 open(f"result.{os.environ['RANK']}", "w").write("signal" if got else "timeout")
 """
 
@@ -113,6 +117,8 @@ def test_torchrun_survives_sigusr1_and_its_workers_get_it(tmp_path: Path, to_all
             ["bash", "-c", _node_wrapper(), "node-wrapper", sys.executable, "-m", "torch.distributed.run",
              "--standalone", "--nproc-per-node=2", "worker.py"],
             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True,
+            # As srun starts it: an ignored SIGUSR1 inherited from this process could not even be trapped by bash.
+            preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_DFL),
         )
     try:
         # Start-up (two interpreters importing torch, a c10d rendezvous) is not what is tested and takes tens of
