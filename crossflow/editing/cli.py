@@ -107,15 +107,19 @@ def cmd_invert(args: argparse.Namespace) -> dict[str, Any]:
     images = _images(args.image)  # before the slow model load
     pipe, out = _pipe(args), _out(args)
     source = sde.encode_images(pipe, images)
-    z_text = sde.invert_image(pipe, source, num_steps=args.steps, guidance_scale=args.cfg_scale, solver=args.solver)
+    z_text = sde.invert_image(pipe, source, num_steps=args.steps, guidance_scale=args.cfg_scale, solver=args.solver,
+                              restore=not args.keep_clipped)
     recon = pipe.generate_latents(z_text, num_steps=args.steps, guidance_scale=args.cfg_scale,
                                   solver="heun" if args.solver == "heun" else "euler")
+    if pipe.codec.latent_bounds is not None:  # compared as the saved image holds it
+        recon = recon.clamp(*pipe.codec.latent_bounds)
     _save_row(torch.cat([_decode(pipe, source), _decode(pipe, recon)]), out / "source_and_reconstruction.png")
     from safetensors.torch import save_file
 
     save_file({"z_text": z_text.contiguous().cpu()}, str(out / "z_text.safetensors"))
     mse = ((recon.float() - source) ** 2).mean(dim=(1, 2, 3))
     return {"latent_mse_per_image": [float(m) for m in mse], "steps": args.steps, "solver": args.solver,
+            "restored_clipped": not args.keep_clipped and pipe.codec.latent_bounds is not None,
             "files": ["source_and_reconstruction.png", "z_text.safetensors"]}
 
 
@@ -440,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=["euler", "heun", "fixed-point"], default="euler",
                    help="inversion solver; fixed-point inverts forward Euler's step exactly (11 NFE a step), "
                         "regeneration then runs Euler")
+    p.add_argument("--keep-clipped", action="store_true",
+                   help="invert the pixels on the range's bounds as they are, instead of first giving them the "
+                        "values the model draws beyond the range (an image file clips them; see restore_clipped)")
 
     p = verb("sdedit", cmd_sdedit, "SDEdit: start at x_t0 = (1 - t0) z_text(prompt) + t0 z_image(source)")
     p.add_argument("--image", nargs="+", required=True)

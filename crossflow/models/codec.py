@@ -62,6 +62,10 @@ class Codec(nn.Module):
         super().__init__()
         self.config = config
 
+    latent_bounds: tuple[float, float] | None = None
+    """The range every decoded image's latent lies in, where the image file clips (the pixel codec: [-1, 1]); None
+    for a latent space without one (a VAE's)."""
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return self.config.latent_shape
@@ -92,6 +96,8 @@ class Codec(nn.Module):
 
 class PixelCodec(Codec):
     """Identity codec in pixel space: images in [0, 1] <-> latents in [-1, 1] of shape (C, S, S)."""
+
+    latent_bounds = (-1.0, 1.0)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """images (B, C, S, S) in [0, 1] -> z_image in [-1, 1] (deterministic: ``generator`` is unused)."""

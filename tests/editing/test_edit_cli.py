@@ -67,6 +67,11 @@ def test_invert_reports_a_small_reconstruction_error(saved: tuple[Path, Path], t
                     "--steps", "50", "--solver", "heun"])
     report = json.loads((tmp_path / "invert.json").read_text())
     assert report["latent_mse_per_image"][0] < 1e-4  # Heun forth and back on a smooth random model
+    assert report["restored_clipped"], "the pixel codec's bounds: clipped pixels get the model's values first"
+    crossflow_main(["edit", "invert", "--ckpt", str(model), "--image", str(image), "--out", str(tmp_path / "kept"),
+                    "--steps", "50", "--solver", "heun", "--keep-clipped"])
+    report = json.loads((tmp_path / "kept" / "invert.json").read_text())
+    assert not report["restored_clipped"] and report["latent_mse_per_image"][0] < 1e-4
     from safetensors.torch import load_file
 
     assert load_file(str(tmp_path / "z_text.safetensors"))["z_text"].shape[0] == 1

@@ -21,6 +21,7 @@ from crossflow.editing.sde import (
     invert_image,
     invert_ode,
     latent_posterior,
+    restore_clipped,
     sample_sde,
     sde_generate,
     sde_step,
@@ -354,6 +355,39 @@ def test_ode_inversion_and_regeneration_keep_a_shapes_images_attributes(
     with pipe.eval_mode():
         regenerated = pipe.generate_latents(z_text, 50, 1.0)
     decoded = pipe.codec.decode(regenerated).float()
-    assert _mse(regenerated, latents) < 1e-3
+    # As images: invert_image first gives the entries on the range's bounds the model's values beyond them
+    # (restore_clipped), which decoding clips again.
+    assert _mse(decoded, pipe.codec.decode(latents).float()) < 1e-3
     for attrs, image in zip(combos, decoded, strict=True):
         assert measure(image) == attrs.to_dict()
+
+
+def test_restore_clipped_fills_only_entries_on_a_bound_with_the_models_estimate() -> None:
+    """A data-prediction flow whose image estimate is a fixed m: entries at a bound take m's value where m lies beyond
+    it, stay on the bound where m does not; entries inside the range are never touched."""
+    m = torch.tensor([-1.3, -0.5, 0.2, 1.4, 0.9, -0.2]).view(1, 1, 2, 3)
+    latents = torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0, 0.7]).view(1, 1, 2, 3)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return flow.velocity_from_data(m.expand_as(x), x, t)
+
+    restored = restore_clipped(velocity, latents, (-1.0, 1.0), t=0.9, iters=1)
+    torch.testing.assert_close(restored, torch.tensor([-1.3, -1.0, 0.0, 1.4, 1.0, 0.7]).view(1, 1, 2, 3))
+    torch.testing.assert_close(restore_clipped(velocity, restored, (-1.0, 1.0), t=0.9, iters=5), restored)  # fixed point
+    assert restore_clipped(velocity, latents, iters=0) is latents
+    inside = latents.clamp(-0.99, 0.99)
+    assert restore_clipped(velocity, inside) is inside, "nothing on a bound: nothing to do"
+    for bad in ({"iters": -1}, {"t": 1.5}):
+        with pytest.raises(ValueError, match="iters must be >= 0 and t in"):
+            restore_clipped(velocity, latents, **bad)  # type: ignore[arg-type]
+
+
+def test_invert_image_restores_clipped_entries_unless_asked_not_to(pipe: CrossFlowPipeline, x1: torch.Tensor) -> None:
+    clipped = x1.clamp(-0.5, 0.5) * 2  # half the entries on a bound, as a saturated image's
+    vf = pipe.velocity_fn(1.0)
+    with pipe.eval_mode():
+        plain = invert_ode(vf, clipped, 5)
+        restored = invert_ode(vf, restore_clipped(vf, clipped, sigma_min=pipe.config.sigma_min), 5)
+    torch.testing.assert_close(invert_image(pipe, clipped, num_steps=5, restore=False), plain, rtol=0, atol=0)
+    torch.testing.assert_close(invert_image(pipe, clipped, num_steps=5), restored, rtol=0, atol=0)
+    assert not torch.allclose(plain, restored)
