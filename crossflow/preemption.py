@@ -13,7 +13,8 @@ bytecode each rank has reached. Under FSDP2 or DDP that save is collective (DCP,
    boundary, where ``--ckpt_path last`` finds it;
 4. rank 0 runs ``scontrol requeue <job>`` when under SLURM;
 5. ``trainer.should_stop``: the run ends cleanly (exit status 0) and the requeued job resumes with
-   ``--ckpt_path last``.
+   ``--ckpt_path last``; from the end of fit on, further copies of the signal are ignored, so that a duplicate
+   cannot kill the exiting rank.
 
 SIGTERM is not handled, on purpose: SLURM also sends it for ``scancel`` (a requeue would resurrect a cancelled
 job), it comes only KillWait (30 s by default) or GraceTime before SIGKILL, often too short for a sharded save,
