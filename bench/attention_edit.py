@@ -25,9 +25,10 @@ fine τ
     the same with the token mask at τ = ``--tau`` (default 0.5).
 fine rel
     the relative form (AttentionEdit(relative=True)): out_base += λ·(ℓ'_edit − ℓ'_base), ℓ' = the output orthogonal
-    to the prior's, at ``--rel-blocks`` (default 0 1) from step ``--start-step``; its bars are read at λ =
-    ``--rel-lam`` (default 2). Blocks and λ come from a 48-case sweep of the colour edit on the demo model (the
-    first 48 of the colour cases below; docs/experiments.md "Attention-output edits").
+    to the prior's, at ``--rel-blocks`` (default 0 1 2 3) from step ``--start-step``; its bars are read at λ =
+    ``--rel-lam`` (default 1). Blocks and λ come from a 48-case sweep of the colour edit on the x-prediction demo
+    model (the first 48 of the colour cases below; docs/experiments.md "Attention-output edits": blocks 0, 1 at λ 2
+    were best on the earlier velocity-prediction model and recolour only .02–.17 of cases on the current one).
 
 Per edited image: *success* = the evaluator reads the target value; *kept* = it reads the source's other attributes
 (colour edit: shape and size; position edit: colour, shape and size; shape edit: colour and size); *still* = the
@@ -389,8 +390,8 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.5, help="the mask threshold of the 'fine τ' method")
     parser.add_argument("--blocks", type=int, nargs="+", default=None, help="edited flow blocks (default all)")
     parser.add_argument("--start-step", type=int, default=0, help="attention edits from this step on")
-    parser.add_argument("--rel-blocks", type=int, nargs="+", default=[0, 1], help="blocks of the 'fine rel' edit")
-    parser.add_argument("--rel-lam", type=float, default=2.0, help="the λ at which the 'fine rel' bars are read")
+    parser.add_argument("--rel-blocks", type=int, nargs="+", default=[0, 1, 2, 3], help="blocks of the 'fine rel' edit")
+    parser.add_argument("--rel-lam", type=float, default=1.0, help="the λ at which the 'fine rel' bars are read")
     parser.add_argument("--color-target", default="red", choices=tuple(COLORS))
     parser.add_argument("--position-target", default="top left", choices=tuple(POSITIONS))
     parser.add_argument("--shape-target", default="square", choices=SHAPES)
