@@ -27,7 +27,8 @@ arithmetic
     crossflow.editing.latent_ops.arithmetic, re-standardised (the default) and not. The issue's example in its own
     words, "red circle + square - circle", and in the training captions' phrasing (the generator always states
     colour and shape, so the difference term holds a colour fixed: "a red circle + a green square - a green
-    circle"), over ``--headline-seeds`` seeds; then a grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 -
+    circle"), and in the full phrasing for small and large objects ("a small red circle in the center + a small
+    green square in the center - a small green circle in the center"), over ``--headline-seeds`` seeds; then a grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 -
     a c3 s1" (-> c1 s2) and as many colour swaps "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds``
     seeds each; both grids again in the full phrasing (every term and the target state one size and position).
     Success = the evaluator reads the target colour and shape. Reference: the target prompt itself with the
@@ -504,6 +505,14 @@ def part_arithmetic(run: Run, args: argparse.Namespace) -> str:
         Expression("training phrasing", f"a red circle + a {HELPER_COLOR} square - a {HELPER_COLOR} circle",
                    ("red", "square"), caption("red", "square")),
     ]
+    # The same example in the full phrasing at both sizes: small squares are the model's weak cell (round 4 of
+    # docs/experiments.md), so the small row shows that cap and the large one what the arithmetic does without it.
+    for size in ("small", "large"):
+        red, helper = caption("red", "circle", size, "center"), caption(HELPER_COLOR, "square", size, "center")
+        minus = caption(HELPER_COLOR, "circle", size, "center")
+        headline.append(Expression(f"full phrasing, {size}", f"{red} + {helper} - {minus}", ("red", "square"),
+                                   caption("red", "square", size, "center")))
+    first = len(headline)  # the grid's expressions follow the headline ones in `results`
     grid = arithmetic_grid(args.num_combos, run.seed) + arithmetic_grid(args.num_combos, run.seed, full=True)
     jobs = [(e, args.headline_seeds) for e in headline] + [(e, args.num_seeds) for e in grid]
     results: list[dict[str, np.ndarray]] = []
@@ -516,13 +525,14 @@ def part_arithmetic(run: Run, args: argparse.Namespace) -> str:
         hits = np.concatenate([results[i][variant] for i in idx])
         return len(hits), float(hits[:, 0].mean()), float(hits[:, 1].mean()), float(hits.all(axis=1).mean())
 
-    groups = {f"“{headline[0].expression}”": [0], f"“{headline[1].expression}”": [1]}
+    groups = {f"“{e.expression}”": [i] for i, e in enumerate(headline)}
     for kind in ("shape swap", "colour swap", "shape swap, full phrasing", "colour swap, full phrasing"):
-        groups[f"{kind} grid"] = [2 + i for i, e in enumerate(grid) if e.kind == kind]
-    groups["grid, both kinds"] = [2 + i for i, e in enumerate(grid) if "full" not in e.kind]
-    groups["grid, both kinds, full phrasing"] = [2 + i for i, e in enumerate(grid) if "full" in e.kind]
+        groups[f"{kind} grid"] = [first + i for i, e in enumerate(grid) if e.kind == kind]
+    groups["grid, both kinds"] = [first + i for i, e in enumerate(grid) if "full" not in e.kind]
+    groups["grid, both kinds, full phrasing"] = [first + i for i, e in enumerate(grid) if "full" in e.kind]
     rows = [[group, variant, *summary(idx, variant)] for group, idx in groups.items() if idx for variant in VARIANTS]
-    head = {i: summary([i], "re-standardised")[3] for i in (0, 1)}
+    head = {i: summary([i], "re-standardised")[3] for i in range(first)}
+    head_ref = {i: summary([i], "target prompt")[3] for i in range(first)}
     grid_idx = groups["grid, both kinds"]
     grid_on, grid_off = summary(grid_idx, "re-standardised")[3], summary(grid_idx, "not re-standardised")[3]
     grid_ref = summary(grid_idx, "target prompt")[3]
@@ -545,8 +555,9 @@ def part_arithmetic(run: Run, args: argparse.Namespace) -> str:
 `arithmetic(pipe, expression)`: Σ wᵢ·μᵢ of the terms' VE means, re-standardised to the first term's per-sample mean
 and std (or not), σ of the first term, one noise draw per seed (the draw `pipe([prompt] * n, generator)` makes).
 The issue's example over {args.headline_seeds} seeds, in its own words (bare “square” and “circle” are captions the
-training data never has: the generator always states colour and shape) and in the training phrasing with the colour
-of the difference term held at {HELPER_COLOR}. The grid: {sum(e.kind == "shape swap" for e in grid)} shape swaps
+training data never has: the generator always states colour and shape), in the training phrasing with the colour
+of the difference term held at {HELPER_COLOR}, and in the full phrasing (size and position stated in every term) for
+small and large objects. The grid: {sum(e.kind == "shape swap" for e in grid)} shape swaps
 “a c1 s1 + a c3 s2 - a c3 s1” → c1 s2 and {sum(e.kind == "colour swap" for e in grid)} colour swaps
 “a c1 s1 + a c2 s3 - a c1 s3” → c2 s1 (c3 ≠ c1, s3 ≠ s1: never the target prompt's μ itself), sampled from all
 combos, {args.num_seeds} seeds each; and the same two grids again in the full training phrasing, every term and the
@@ -558,6 +569,8 @@ shape. *Target prompt*: the target's own caption with the same seeds, the ceilin
 
 - “{headline[0].expression}” gives a red square in ≥ {ARITHMETIC_BAR:.0%} of seeds (re-standardised): {head[0]:.3f} → **{verdict(head[0] >= ARITHMETIC_BAR)}**
 - the same in the training phrasing (“{headline[1].expression}”): {head[1]:.3f} → **{verdict(head[1] >= ARITHMETIC_BAR)}**
+- the same in the full phrasing, small (the target prompt itself: {head_ref[2]:.3f}): {head[2]:.3f} → **{verdict(head[2] >= ARITHMETIC_BAR)}**;
+  large (the target prompt itself: {head_ref[3]:.3f}): {head[3]:.3f} → **{verdict(head[3] >= ARITHMETIC_BAR)}**
 - grid, both kinds, ≥ {ARITHMETIC_BAR:.0%} (the same bar over the grid; the target prompts themselves reach {grid_ref:.3f}):
   {grid_on:.3f} → **{verdict(grid_on >= ARITHMETIC_BAR)}**
 - grid in the full phrasing, ≥ {ARITHMETIC_BAR:.0%} (the target prompts themselves reach {full_ref:.3f}):
