@@ -60,7 +60,7 @@ machines bf16 ran ~7× *slower* than fp32 for this model). interpolation + arith
 CPU cores. sigma + sdedit + drag: about 6 minutes on one busy core (a 50-step guided batch of 64 images takes
 ~25 s there; sdedit ≈ 7.4 such batches, drag ≈ 4.7, sigma none), so about 45 minutes for everything.
 Run: python bench/latent_navigation.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt
-     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--num-combos 24]
+     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--arc-rounds 2] [--num-combos 24]
      [--num-seeds 8] [--sigma-num 64] [--edit-num 64] [--t0s 0.05 0.1 0.2 0.4 0.6] [--drag-num 250]
      [--drag-cases 100] [--drag-t0 0.6 0.4] [--drag-patch 18] [--drag-prompt none] [--bf16] [--smoke]
 ``--smoke`` runs a randomly initialised demo-shaped model (no checkpoint) at toy sizes, writes its example
@@ -350,7 +350,7 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
                 # Same seed for every method: the naive lerp's first draw ε_a is the shared-noise ε.
                 frames = interpolate(run.pipe, *pair.prompts, num_frames=args.num_frames, naive=naive,
                                      num_steps=run.num_steps, guidance_scale=run.guidance,
-                                     generator=run.generator(index), spacing=spacing)
+                                     generator=run.generator(index), spacing=spacing, arc_rounds=args.arc_rounds)
             scores[method].append(score_frames(frames, pair))
             if index in first.values():
                 examples[index, method] = frames
@@ -390,8 +390,8 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
 the other attributes drawn at random. {args.num_frames} frames per pair (α evenly spaced, lerp of the VE posterior),
 shared-noise (one ε for all frames, `interpolate`'s default) and naive (lerp of two independent draws), same seed per
 pair; and the shared-noise path again with `spacing="arc"`: the 11 α's placed at equal image-space steps
-(`interpolate_with_alphas`: 11 evenly spaced frames, then two rounds of re-placing 11 α's by cumulative L2 along
-every frame rendered so far; 3× the renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
+(`interpolate_with_alphas`: {args.num_frames} evenly spaced frames, then {args.arc_rounds} round(s) of re-placing {args.num_frames} α's by cumulative L2
+along every frame rendered so far; {1 + args.arc_rounds}× the renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
 of the palette; mask centroid projected onto centre B − centre A) vs frame index ≥ {MONOTONE_RHO}. *Held*: the
 evaluator reads the prompts' three unchanged attributes on every frame. *Success* = monotone and held.
 *Constant*: the unchanged attributes read the same on every frame, whatever they read (the path holds them even
@@ -1026,6 +1026,8 @@ def main() -> None:
     interp = parser.add_argument_group("interpolation")
     interp.add_argument("--num-pairs", type=int, default=100, help="half colour, half position pairs")
     interp.add_argument("--num-frames", type=int, default=11)
+    interp.add_argument("--arc-rounds", type=int, default=2,
+                        help="rounds of re-placing the frames at equal image-space steps (the arc-spaced method)")
     arith = parser.add_argument_group("arithmetic")
     arith.add_argument("--num-combos", type=int, default=24, help="grid expressions per kind (shape / colour swap)")
     arith.add_argument("--num-seeds", type=int, default=8, help="seeds per grid expression")
@@ -1062,6 +1064,8 @@ def main() -> None:
         pipe, label = CrossFlowPipeline.from_pretrained(args.ckpt, device=args.device), checkpoint_label(args.ckpt)
     if args.num_pairs < 1 or args.num_frames < 3:
         parser.error("need at least 1 pair and 3 frames (a Spearman ρ over 2 frames is ±1 by construction)")
+    if args.arc_rounds < 0:
+        parser.error("--arc-rounds must be at least 0")
     if min(args.sigma_num, args.edit_num, args.drag_num) < 1:
         parser.error("--sigma-num, --edit-num and --drag-num must be at least 1")
     if any(not 0.0 <= t < 1.0 for t in args.t0s + args.drag_t0):
