@@ -28,9 +28,9 @@ arithmetic
     words, "red circle + square - circle", and in the training captions' phrasing (the generator always states
     colour and shape, so the difference term holds a colour fixed: "a red circle + a green square - a green
     circle"), and in the full phrasing for small and large objects ("a small red circle in the center + a small
-    green square in the center - a small green circle in the center"), over ``--headline-seeds`` seeds; then a grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 -
-    a c3 s1" (-> c1 s2) and as many colour swaps "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds``
-    seeds each; both grids again in the full phrasing (every term and the target state one size and position).
+    green square in the center - a small green circle in the center"), over ``--headline-seeds`` seeds; then a
+    grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 - a c3 s1" (-> c1 s2) and as many colour swaps
+    "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds`` seeds each; both grids again in the full phrasing (every term and the target state one size and position).
     Success = the evaluator reads the target colour and shape. Reference: the target prompt itself with the
     same seeds. Bar: >= 80% of seeds for the issue's example.
 sdedit
@@ -389,7 +389,7 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
 {n_colour} change the colour, {len(pairs) - n_colour} the position (every ordered pair of values about equally often),
 the other attributes drawn at random. {args.num_frames} frames per pair (α evenly spaced, lerp of the VE posterior),
 shared-noise (one ε for all frames, `interpolate`'s default) and naive (lerp of two independent draws), same seed per
-pair; and the shared-noise path again with `spacing="arc"`: the 11 α's placed at equal image-space steps
+pair; and the shared-noise path again with `spacing="arc"`: the {args.num_frames} α's placed at equal image-space steps
 (`interpolate_with_alphas`: {args.num_frames} evenly spaced frames, then {args.arc_rounds} round(s) of re-placing {args.num_frames} α's by cumulative L2
 along every frame rendered so far; {1 + args.arc_rounds}× the renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
 of the palette; mask centroid projected onto centre B − centre A) vs frame index ≥ {MONOTONE_RHO}. *Held*: the
