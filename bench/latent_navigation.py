@@ -30,8 +30,8 @@ arithmetic
     circle"), and in the full phrasing for small and large objects ("a small red circle in the center + a small
     green square in the center - a small green circle in the center"), over ``--headline-seeds`` seeds; then a
     grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 - a c3 s1" (-> c1 s2) and as many colour swaps
-    "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds`` seeds each; both grids again in the full phrasing (every term and the target state one size and position).
-    Success = the evaluator reads the target colour and shape. Reference: the target prompt itself with the
+    "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds`` seeds each; both grids again in the full phrasing
+    (every term and the target state one size and position). Success = the evaluator reads the target colour and shape. Reference: the target prompt itself with the
     same seeds. Bar: >= 80% of seeds for the issue's example.
 sdedit
     Colour edits of the model's own images: ``--edit-num`` seeded prompts (all four attributes), kept when the
