@@ -60,7 +60,7 @@ machines bf16 ran ~7× *slower* than fp32 for this model). interpolation + arith
 CPU cores. sigma + sdedit + drag: about 6 minutes on one busy core (a 50-step guided batch of 64 images takes
 ~25 s there; sdedit ≈ 7.4 such batches, drag ≈ 4.7, sigma none), so about 45 minutes for everything.
 Run: python bench/latent_navigation.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt
-     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--arc-rounds 2] [--num-combos 24]
+     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--arc-rounds 5] [--num-combos 24]
      [--num-seeds 8] [--sigma-num 64] [--edit-num 64] [--t0s 0.05 0.1 0.2 0.4 0.6] [--drag-num 250]
      [--drag-cases 100] [--drag-t0 0.6 0.4] [--drag-patch 18] [--drag-prompt none] [--bf16] [--smoke]
 ``--smoke`` runs a randomly initialised demo-shaped model (no checkpoint) at toy sizes, writes its example
@@ -100,6 +100,7 @@ from crossflow.data.shapes import (  # noqa: E402
 )
 from crossflow.editing.drag import drag_state, edit_drag  # noqa: E402
 from crossflow.editing.latent_ops import (  # noqa: E402
+    DEFAULT_ARC_ROUNDS,
     arithmetic,
     interpolate,
     save_gif,
@@ -1026,7 +1027,7 @@ def main() -> None:
     interp = parser.add_argument_group("interpolation")
     interp.add_argument("--num-pairs", type=int, default=100, help="half colour, half position pairs")
     interp.add_argument("--num-frames", type=int, default=11)
-    interp.add_argument("--arc-rounds", type=int, default=2,
+    interp.add_argument("--arc-rounds", type=int, default=DEFAULT_ARC_ROUNDS,
                         help="rounds of re-placing the frames at equal image-space steps (the arc-spaced method)")
     arith = parser.add_argument_group("arithmetic")
     arith.add_argument("--num-combos", type=int, default=24, help="grid expressions per kind (shape / colour swap)")

@@ -83,10 +83,12 @@ def cmd_interpolate(args: argparse.Namespace) -> dict[str, Any]:
     pipe, out = _pipe(args), _out(args)
     frames, alphas = latent_ops.interpolate_with_alphas(
         pipe, args.a, args.b, num_frames=args.frames, mode=args.mode, naive=args.naive, num_steps=args.steps,
-        guidance_scale=args.cfg_scale, generator=_generator(args), spacing=args.spacing)
+        guidance_scale=args.cfg_scale, generator=_generator(args), spacing=args.spacing,
+        arc_rounds=args.arc_rounds)
     latent_ops.save_strip(frames, out / "strip.png")
     latent_ops.save_gif(frames, out / "interpolation.gif")
     return {"frames": args.frames, "mode": args.mode, "naive": args.naive, "spacing": args.spacing,
+            "arc_rounds": args.arc_rounds if args.spacing == "arc" else 0,
             "alphas": [round(float(a), 4) for a in alphas],
             "adjacent_l2": [round(float(d), 4) for d in latent_ops.adjacent_distances(frames)],
             "smoothness_ratio (max / median adjacent L2)": round(latent_ops.smoothness_ratio(frames), 4),
@@ -432,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["lerp", "slerp"], default="lerp", help="how the VE means are blended")
     p.add_argument("--naive", action="store_true", help="lerp two independent z_text draws instead (the baseline)")
     p.add_argument("--spacing", choices=["uniform", "arc"], default="uniform",
-                   help="α evenly spaced, or at equal image-space steps (arc: 3× the renders, smoother pacing)")
+                   help="α evenly spaced, or at equal image-space steps (arc: (1 + --arc-rounds)× the renders)")
+    p.add_argument("--arc-rounds", type=int, default=latent_ops.DEFAULT_ARC_ROUNDS,
+                   help="with --spacing arc: rounds of re-placing the frames (default %(default)s)")
 
     p = verb("arithmetic", cmd_arithmetic, "z = sum of weighted VE means, e.g. 'a red circle + a square - a circle'")
     p.add_argument("--expr", required=True, help="terms joined by + / -, optional weights: '0.5*a red circle'")

@@ -37,6 +37,10 @@ from crossflow.inference import (
 )
 from crossflow.sampling import Solver
 
+# Rounds of re-placing the frames by image-space arc length (spacing="arc"). The x-prediction shapes demo switches
+# within one of 11 evenly spaced frames: 2 rounds leave a max/median step ratio of 2.9, 5 rounds 1.55 (docs/results.md
+# "Interpolation"; the velocity model needed 2). Each round costs F more renders.
+DEFAULT_ARC_ROUNDS = 5
 InterpolationMode = Literal["lerp", "slerp"]
 INTERPOLATION_MODES: tuple[str, ...] = ("lerp", "slerp")
 Spacing = Literal["uniform", "arc"]
@@ -251,7 +255,7 @@ def interpolate(
     temperature: float = 1.0,
     solver: Solver = "euler",
     spacing: Spacing = "uniform",
-    arc_rounds: int = 2,
+    arc_rounds: int = DEFAULT_ARC_ROUNDS,
 ) -> torch.Tensor:
     """Frames (F, 3, S, S) in [0, 1] from ``prompt_a`` (α = 0) to ``prompt_b`` (α = 1).
 
@@ -279,7 +283,7 @@ def interpolate_with_alphas(
     temperature: float = 1.0,
     solver: Solver = "euler",
     spacing: Spacing = "uniform",
-    arc_rounds: int = 2,
+    arc_rounds: int = DEFAULT_ARC_ROUNDS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`interpolate`'s frames (F, 3, S, S) and the α of each (F,).
 

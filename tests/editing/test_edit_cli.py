@@ -42,7 +42,8 @@ def test_interpolate_writes_strip_gif_and_smoothness(saved: tuple[Path, Path], t
     assert len(report["adjacent_l2"]) == 4 and report["smoothness_ratio (max / median adjacent L2)"] >= 1.0
     assert report["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and report["spacing"] == "uniform"
     arc = _run(["interpolate", "--ckpt", str(model), "--a", "a red circle", "--b", "a blue square",
-                "--frames", "5", "--spacing", "arc"], tmp_path / "arc")
+                "--frames", "5", "--spacing", "arc", "--arc-rounds", "1"], tmp_path / "arc")
+    assert arc["arc_rounds"] == 1 and report["arc_rounds"] == 0
     assert arc["alphas"][0] == 0.0 and arc["alphas"][-1] == 1.0 and arc["alphas"] == sorted(arc["alphas"])
     from PIL import Image
 

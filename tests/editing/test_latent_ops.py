@@ -266,7 +266,7 @@ def test_arc_spacing_renders_the_same_path_at_new_alphas(pipe: CrossFlowPipeline
     # The ends are the same images: one noise draw for every round, so arc frames lie on the uniform path.
     torch.testing.assert_close(frames[[0, -1]], uniform[[0, -1]], rtol=0, atol=1e-5)
     torch.testing.assert_close(interpolate(pipe, PROMPT_A, PROMPT_B, 5, num_steps=STEPS, generator=_seed(3),
-                                           spacing="arc"), frames, rtol=0, atol=0)
+                                           spacing="arc", arc_rounds=2), frames, rtol=0, atol=0)
     # The naive baseline keeps its two draws across rounds too.
     naive, _ = interpolate_with_alphas(pipe, PROMPT_A, PROMPT_B, 5, naive=True, num_steps=STEPS,
                                        generator=_seed(3), spacing="arc")
