@@ -31,8 +31,8 @@ arithmetic
     green square in the center - a small green circle in the center"), over ``--headline-seeds`` seeds; then a
     grid of ``--num-combos`` shape swaps "a c1 s1 + a c3 s2 - a c3 s1" (-> c1 s2) and as many colour swaps
     "a c1 s1 + a c2 s3 - a c1 s3" (-> c2 s1), ``--num-seeds`` seeds each; both grids again in the full phrasing
-    (every term and the target state one size and position). Success = the evaluator reads the target colour and shape. Reference: the target prompt itself with the
-    same seeds. Bar: >= 80% of seeds for the issue's example.
+    (every term and the target state one size and position). Success = the evaluator reads the target colour and
+    shape. Reference: the target prompt itself with the same seeds. Bar: >= 80% of seeds for the issue's example.
 sdedit
     Colour edits of the model's own images: ``--edit-num`` seeded prompts (all four attributes), kept when the
     evaluator reads the generated image right; target = the same caption with another colour (cycling through the
@@ -60,8 +60,8 @@ machines bf16 ran ~7× *slower* than fp32 for this model). interpolation + arith
 CPU cores. sigma + sdedit + drag: about 6 minutes on one busy core (a 50-step guided batch of 64 images takes
 ~25 s there; sdedit ≈ 7.4 such batches, drag ≈ 4.7, sigma none), so about 45 minutes for everything.
 Run: python bench/latent_navigation.py --ckpt runs/bench_compare/crossflow-tiny/checkpoints/last.ckpt
-     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--arc-rounds 5] [--num-combos 24]
-     [--num-seeds 8] [--sigma-num 64] [--edit-num 64] [--t0s 0.05 0.1 0.2 0.4 0.6] [--drag-num 250]
+     [--parts sigma interpolation arithmetic sdedit drag] [--num-pairs 100] [--num-frames 11] [--arc-rounds 5]
+     [--num-combos 24] [--num-seeds 8] [--sigma-num 64] [--edit-num 64] [--t0s 0.05 0.1 0.2 0.4 0.6] [--drag-num 250]
      [--drag-cases 100] [--drag-t0 0.6 0.4] [--drag-patch 18] [--drag-prompt none] [--bf16] [--smoke]
 ``--smoke`` runs a randomly initialised demo-shaped model (no checkpoint) at toy sizes, writes its example
 files to a temporary folder and prints the section instead of writing docs/results.md (a random model's images
@@ -390,9 +390,10 @@ def part_interpolation(run: Run, args: argparse.Namespace) -> str:
 {n_colour} change the colour, {len(pairs) - n_colour} the position (every ordered pair of values about equally often),
 the other attributes drawn at random. {args.num_frames} frames per pair (α evenly spaced, lerp of the VE posterior),
 shared-noise (one ε for all frames, `interpolate`'s default) and naive (lerp of two independent draws), same seed per
-pair; and the shared-noise path again with `spacing="arc"`: the {args.num_frames} α's placed at equal image-space steps
-(`interpolate_with_alphas`: {args.num_frames} evenly spaced frames, then {args.arc_rounds} round(s) of re-placing {args.num_frames} α's by cumulative L2
-along every frame rendered so far; {1 + args.arc_rounds}× the renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
+pair; and the shared-noise path again with `spacing="arc"`: the {args.num_frames} α's placed at equal image-space
+steps (`interpolate_with_alphas`: {args.num_frames} evenly spaced frames, then {args.arc_rounds} round(s) of
+re-placing {args.num_frames} α's by cumulative L2 along every frame rendered so far; {1 + args.arc_rounds}× the
+renders). *Monotone*: Spearman ρ of the changed attribute's progress (mean object RGB projected onto colour B − colour A
 of the palette; mask centroid projected onto centre B − centre A) vs frame index ≥ {MONOTONE_RHO}. *Held*: the
 evaluator reads the prompts' three unchanged attributes on every frame. *Success* = monotone and held.
 *Constant*: the unchanged attributes read the same on every frame, whatever they read (the path holds them even
