@@ -46,6 +46,15 @@ class ShapesGeneration:
     holdout: list[dict[str, str]] = field(default_factory=list)
     """Attribute combinations never generated, e.g. ``[{color: green, shape: triangle}]`` (compositional
     generalisation; configs/data/holdout_combos.yaml). Applies to train and validation shards alike."""
+    blend_fraction: float = 0.0
+    """Fraction of the *training* samples drawn between two captions that differ in colour, position or size,
+    rendered that far between them (crossflow.data.shapes.Blend; configs/data/blend.yaml): the flow learns images
+    for the latents that interpolation walks through. Validation shards have none. 0 = the dataset as specified
+    in DESIGN.md."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.blend_fraction < 1.0:
+            raise CrossFlowError(f"generate_shapes.blend_fraction must be in [0, 1), got {self.blend_fraction}")
 
 
 class TrainLoader(StatefulDataLoader):
@@ -149,7 +158,8 @@ class ShardDataModule(pl.LightningDataModule):
         gen = self.generate_shapes
         if gen is None:
             return
-        for shards, num, seed in ((self.train_shards, gen.num_train, gen.seed), (self.val_shards, gen.num_val, gen.seed + 1)):
+        for shards, num, seed, blend in ((self.train_shards, gen.num_train, gen.seed, gen.blend_fraction),
+                                         (self.val_shards, gen.num_val, gen.seed + 1, 0.0)):
             if shards is None:
                 continue
             if not isinstance(shards, str) or not (os.path.isdir(shards) or not os.path.exists(shards)):
@@ -157,6 +167,8 @@ class ShardDataModule(pl.LightningDataModule):
             # What was generated is recorded beside the shards, so a folder written with other settings (another
             # holdout, say) is refused instead of silently trained on.
             wanted = {"num": num, "seed": seed, "image_size": self.image_size, "holdout": gen.holdout}
+            if blend:  # recorded only when used: folders generated before blends existed still match
+                wanted["blend_fraction"] = blend
             record = os.path.join(shards, GENERATION_RECORD)
             if os.path.isdir(shards) and any(f.endswith(".tar") for f in os.listdir(shards)):
                 if os.path.exists(record):
@@ -171,7 +183,7 @@ class ShardDataModule(pl.LightningDataModule):
             from crossflow.data.shards import write_shapes_shards
 
             write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard,
-                                image_size=self.image_size, holdout=gen.holdout)
+                                image_size=self.image_size, holdout=gen.holdout, blend_fraction=blend)
             with open(record, "w") as f:
                 json.dump(wanted, f)
 

@@ -18,7 +18,7 @@ from crossflow.data.precomputed import check_prepared
 from crossflow.errors import CrossFlowError
 from crossflow.finetune import FinetuneConfig, check_resume, lora_spec_of, prepare_for_finetuning
 from crossflow.models.codec import build_codec
-from crossflow.models.flow_model import FlowModel, build_model
+from crossflow.models.flow_model import FlowModel, TextBlend, build_model
 from crossflow.models.text_encoder import FrozenTextEncoder, load_hidden_size
 from crossflow.parallel import parallelize
 from crossflow.resume import gather_rank_states, restore_rank_state, set_rng_states
@@ -185,6 +185,21 @@ class CrossFlowLitModule(pl.LightningModule):
             z_image = self.codec.encode(batch["image"], generator=generator)
         return tokens, mask, z_image
 
+    def encode_blend(self, batch: dict[str, Any]) -> TextBlend | None:
+        """The batch's blend samples (``blend.json`` members: crossflow.data.shapes.Blend) -> their second
+        prompts' token states; None when no row is a blend."""
+        if "blend_alpha" not in batch:
+            return None
+        alpha = batch["blend_alpha"].float()
+        rows = (alpha > 0).nonzero().flatten()
+        if rows.numel() == 0:
+            return None
+        if "text_states" in batch:
+            raise CrossFlowError("blend samples need their second caption encoded, but these shards hold precomputed "
+                                 "text states (crossflow prepare) and no states for it: use raw captions")
+        tokens, mask = self.text_encoder([batch["blend_caption"][i] for i in rows.tolist()])
+        return TextBlend(tokens.float(), mask.bool(), rows.to(self.device), alpha[rows].to(self.device))
+
     def compute_losses(
         self,
         batch: dict[str, Any],
@@ -197,7 +212,7 @@ class CrossFlowLitModule(pl.LightningModule):
         cfg, b = self.loss_config, len(batch["caption"])
         net = self.model if net is None else net
         tokens, mask, z_image = self.encode_batch(batch, generator)
-        source = net.source(tokens, mask, generator=generator)
+        source = net.source(tokens, mask, generator=generator, blend=self.encode_blend(batch))
         uncond = flow.cfg_unconditional_mask(b, cfg.p_uncond, device=self.device, generator=generator)
         z_target = net.cfg_targets(z_image, uncond)
         t = flow.sample_time(b, cfg.time_sampling, shift=cfg.time_shift, device=self.device, generator=generator)

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # prepare_throughput.py --smoke is left out: it trains six short runs in subprocesses (~2-5 min on 2 cores), and
 # tests/data covers what it times.
-SMOKE_BENCHES = ["attention_edit.py", "latent_navigation.py", "position_spread.py", "weight_space.py"]
+SMOKE_BENCHES = ["attention_edit.py", "blend_training.py", "latent_navigation.py", "position_spread.py", "weight_space.py"]
 
 
 def _docs_digest() -> dict[str, str]:

@@ -45,15 +45,35 @@ def caption_of(sample: dict[str, Any]) -> str:
     raise KeyError("no caption member (txt, caption or json['caption'])")
 
 
+BLEND_KEY = "blend.json"
+
+
+def blend_of(sample: dict[str, Any]) -> dict[str, Any]:
+    """A ``blend.json`` member -> {"blend_caption", "blend_alpha"} (crossflow.data.shapes.Blend): the flow of
+    this sample starts at α of the way from its caption's VE posterior to B's. α = 0 (B's caption may be absent)
+    is a plain sample."""
+    record = json.loads(sample[BLEND_KEY])
+    alpha = float(record.get("alpha", float("nan")))
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{BLEND_KEY}: alpha must be in [0, 1], got {record.get('alpha')!r}")
+    other = str(record.get("caption", "")).strip()
+    if alpha > 0 and not other:
+        raise ValueError(f"{BLEND_KEY}: alpha {alpha} > 0 but no caption to blend with")
+    return {"blend_caption": other, "blend_alpha": torch.tensor(alpha)}
+
+
 def decode_sample(sample: dict[str, Any], image_size: int) -> dict[str, Any]:
     """Raw tar sample -> {"image", "caption", "key"} plus any precomputed members (text_states, text_mask,
-    latent_moments: see :mod:`crossflow.data.precomputed`); raises on anything unusable. The caption is
-    checked first and precomputed latents replace the image: the image decode is the expensive part."""
+    latent_moments: see :mod:`crossflow.data.precomputed`) and a blend (:func:`blend_of`); raises on anything
+    unusable. The caption is checked first and precomputed latents replace the image: the image decode is the
+    expensive part."""
     caption = caption_of(sample)
     if not caption:
         raise ValueError("empty caption")
     out = {"caption": caption, "key": f"{os.path.basename(sample['__url__'])}/{sample['__key__']}"}
     out.update(decode_precomputed(sample))
+    if BLEND_KEY in sample:
+        out.update(blend_of(sample))
     if "latent_moments" not in out:
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None:

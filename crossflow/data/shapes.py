@@ -107,19 +107,37 @@ def render(
     attrs: ShapeAttributes, image_size: int = 32, rng: np.random.Generator | None = None
 ) -> Image.Image:
     """Draw one filled shape on a black S x S RGB canvas; ``rng`` jitters the centre (none without it)."""
+    return render_between(attrs, attrs, 0.0, image_size, rng)
+
+
+def render_between(
+    a: ShapeAttributes,
+    b: ShapeAttributes,
+    alpha: float,
+    image_size: int = 32,
+    rng: np.random.Generator | None = None,
+) -> Image.Image:
+    """Draw the shape ``alpha`` of the way from ``a`` to ``b``: the colour (RGB), centre and half-extent are
+    lerped; the shape must be the same (there is no shape between a circle and a square). One jitter draw
+    moves both ends alike. ``alpha = 0`` draws ``a`` exactly as :func:`render` does (the same rng draws)."""
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}.")
-    fx, fy = POSITIONS[attrs.position]
+    if a.shape != b.shape:
+        raise ValueError(f"cannot render between a {a.shape} and a {b.shape}: shapes do not blend.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    (ax, ay), (bx, by) = POSITIONS[a.position], POSITIONS[b.position]
     jx, jy = rng.uniform(-JITTER, JITTER, size=2) if rng is not None else (0.0, 0.0)
     mask = _shape_mask(
-        attrs.shape,
-        (fx + jx) * image_size,
-        (fy + jy) * image_size,
-        SIZES[attrs.size] * image_size,
+        a.shape,
+        ((1 - alpha) * ax + alpha * bx + jx) * image_size,
+        ((1 - alpha) * ay + alpha * by + jy) * image_size,
+        ((1 - alpha) * SIZES[a.size] + alpha * SIZES[b.size]) * image_size,
         image_size,
     )
     pixels = np.zeros((image_size, image_size, 3), dtype=np.uint8)
-    pixels[mask] = COLORS[attrs.color]
+    rgb = (1 - alpha) * np.asarray(COLORS[a.color], dtype=np.float64) + alpha * np.asarray(COLORS[b.color])
+    pixels[mask] = np.round(rgb).astype(np.uint8)
     return Image.fromarray(pixels, mode="RGB")
 
 
@@ -393,14 +411,40 @@ def caption(
 # --------------------------------------------------------------------------------------------- samples
 
 
+BLEND_ATTRIBUTES: tuple[str, ...] = ("color", "position", "size")
+"""The attributes a blend may change: the ones with a value between two words (no shape lies between two)."""
+
+
+@dataclass(frozen=True)
+class Blend:
+    """A sample between two captions: its image is :func:`render_between` the sample's attributes (A) and
+    ``other`` (B) at ``alpha``, which differ in ``attribute`` only. Training starts its flow from the same lerp
+    of the two captions' VE posteriors (``crossflow.models.variational.blend_posteriors``) that interpolation
+    walks at inference, so the path between two prompts has images to land on."""
+
+    attribute: str
+    other: ShapeAttributes
+    """B's attributes."""
+    caption: str
+    """B's caption (same template and wording as A's where the sample's rng allows)."""
+    alpha: float
+    """How far from A to B, in [0, 1]."""
+
+    def to_json(self) -> dict[str, object]:
+        """What a shard stores in its ``blend.json`` member (crossflow.data.decode reads it back)."""
+        return {"caption": self.caption, "alpha": self.alpha, "attribute": self.attribute,
+                "other": self.other.to_dict()}
+
+
 @dataclass
 class ShapesSample:
-    """One image, its caption, the true attributes and which of them the caption states."""
+    """One image, its caption, the true attributes and which of them the caption states (and, for a blend, B)."""
 
     image: Image.Image
     caption: str
     attributes: ShapeAttributes
     stated: tuple[str, ...]
+    blend: Blend | None = None
 
     def to_json(self) -> dict[str, object]:
         """The sample's metadata: attributes, stated attribute names and caption."""
@@ -442,12 +486,16 @@ class ShapesGenerator:
         p_omit_size: float = 0.15,
         p_omit_position: float = 0.15,
         holdout: Sequence[Mapping[str, str]] = (),
+        blend_fraction: float = 0.0,
     ) -> None:
         if image_size < MIN_IMAGE_SIZE:
             raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE}, got {image_size}.")
         for name, p in (("p_omit_size", p_omit_size), ("p_omit_position", p_omit_position)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}.")
+        if not 0.0 <= blend_fraction < 1.0:
+            raise ValueError(f"blend_fraction must be in [0, 1), got {blend_fraction}.")
+        self.blend_fraction = blend_fraction
         self.seed = seed
         self.image_size = image_size
         self.phrasing = _check_phrasing(phrasing)
@@ -458,8 +506,12 @@ class ShapesGenerator:
         self._rng = np.random.default_rng(seed)
 
     def sample(self) -> ShapesSample:
-        """Draw the next sample (attributes, then jitter, then what to state, then the wording)."""
+        """Draw the next sample (attributes, then jitter, then what to state, then the wording); with
+        ``blend_fraction`` > 0, that fraction are blends (:meth:`sample_blend`). With 0 no extra number is drawn,
+        so the stream is the one this generator always made."""
         rng = self._rng
+        if self.blend_fraction > 0 and rng.random() < self.blend_fraction:
+            return self.sample_blend()
         attrs = self.combinations[int(rng.integers(len(self.combinations)))]
         image = render(attrs, self.image_size, rng)
         state_size = bool(rng.random() >= self.p_omit_size)
@@ -469,6 +521,26 @@ class ShapesGenerator:
             ("shape", "color") + (("size",) if state_size else ()) + (("position",) if state_position else ())
         )
         return ShapesSample(image=image, caption=text, attributes=attrs, stated=stated)
+
+    def sample_blend(self) -> ShapesSample:
+        """A :class:`Blend`: two allowed combinations that differ in one of :data:`BLEND_ATTRIBUTES`, α uniform in
+        [0, 1], both captions stating all four attributes, drawn with the same template and word choices."""
+        rng = self._rng
+        while True:  # a holdout can leave an attribute without a second allowed value for this combination
+            a = self.combinations[int(rng.integers(len(self.combinations)))]
+            attribute = BLEND_ATTRIBUTES[int(rng.integers(len(BLEND_ATTRIBUTES)))]
+            others = [c for c in self.combinations if getattr(c, attribute) != getattr(a, attribute)
+                      and all(getattr(c, n) == getattr(a, n) for n in ATTRIBUTES if n != attribute)]
+            if others:
+                break
+        b = others[int(rng.integers(len(others)))]
+        alpha = float(rng.uniform(0.0, 1.0))
+        image = render_between(a, b, alpha, self.image_size, rng)
+        # One seed for both captions: the same template and the same words for what the two share.
+        words = int(rng.integers(2**63))
+        text_a, text_b = (caption(x, np.random.default_rng(words), self.phrasing) for x in (a, b))
+        return ShapesSample(image=image, caption=text_a, attributes=a, stated=ATTRIBUTES,
+                            blend=Blend(attribute=attribute, other=b, caption=text_b, alpha=alpha))
 
     def __iter__(self) -> Iterator[ShapesSample]:
         while True:

@@ -67,14 +67,20 @@ def write_shapes_shards(
     holdout: Sequence[Mapping[str, str]] = (),
     progress: bool = True,
     overwrite: bool = False,
+    blend_fraction: float = 0.0,
 ) -> list[str]:
-    """Generate ``num_samples`` shapes samples from ``seed`` into tar shards; returns the shard paths in order."""
+    """Generate ``num_samples`` shapes samples from ``seed`` into tar shards; returns the shard paths in order.
+
+    With ``blend_fraction`` > 0 every sample also carries a ``blend.json`` member (crossflow.data.decode): B's
+    caption and α for the blends (:class:`~crossflow.data.shapes.Blend`), ``{"alpha": 0}`` for the others, so that
+    every sample of the dataset has the same members (a batch collates only samples with the same keys)."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}.")
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}.")
     # Build the generator first so bad arguments fail before anything touches the disk.
-    generator = ShapesGenerator(seed, image_size=image_size, phrasing=phrasing, holdout=holdout)
+    generator = ShapesGenerator(seed, image_size=image_size, phrasing=phrasing, holdout=holdout,
+                                blend_fraction=blend_fraction)
     _prepare_dir(out_dir, overwrite)
     written: list[str] = []
     pattern = os.path.join(out_dir, f"{SHARD_PREFIX}%06d.tar")
@@ -84,14 +90,15 @@ def write_shapes_shards(
     ) as sink:
         for index in tqdm(range(num_samples), desc="shapes shards", unit="sample", disable=not progress):
             sample = generator.sample()
-            sink.write(
-                {
-                    "__key__": f"{index:08d}",
-                    "png": _png_bytes(sample.image),
-                    "txt": sample.caption,
-                    "json": sample.to_json(),
-                }
-            )
+            members = {
+                "__key__": f"{index:08d}",
+                "png": _png_bytes(sample.image),
+                "txt": sample.caption,
+                "json": sample.to_json(),
+            }
+            if blend_fraction > 0:
+                members["blend.json"] = sample.blend.to_json() if sample.blend is not None else {"alpha": 0.0}
+            sink.write(members)
     return written
 
 
@@ -121,6 +128,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="[]",
         help='JSON list of partial combinations, e.g. \'[{"color": "red", "shape": "triangle"}]\'',
     )
+    parser.add_argument("--blend-fraction", type=float, default=0.0,
+                        help="fraction of samples rendered between two captions that differ in colour, position or "
+                             "size (training for smooth interpolation; default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace shapes shards already in --out")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -143,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             holdout=holdout,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            blend_fraction=args.blend_fraction,
         )
     except (ValueError, json.JSONDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from crossflow.errors import CrossFlowError
-from crossflow.models.flow_model import FlowModel, FlowSource, TextCondition
+from crossflow.models.flow_model import FlowModel, FlowSource, TextBlend, TextCondition
 from crossflow.models.layers import EncoderBlock
 from crossflow.models.transformer import FlowTransformer
 
@@ -117,8 +117,14 @@ class NoiseBaselineModel(FlowModel):
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
+        blend: TextBlend | None = None,
     ) -> FlowSource:
         """x0 ~ N(0, I) in the image-latent shape, drawn with ``generator``; the text is the condition."""
+        if blend is not None:
+            raise CrossFlowError(
+                "blend samples (shapes blend_fraction > 0) start the flow between two text latents; the noise "
+                "baseline has no text latent: train it on shards without blends"
+            )
         if temperature != 1.0:
             raise CrossFlowError(
                 f"temperature scales the VE's σ of a CrossFlow text latent; the noise baseline has no VE "

@@ -10,9 +10,9 @@ import torch
 from crossflow import flow
 from crossflow.config import ModelConfig
 from crossflow.models.alignment import ContrastiveAlignment
-from crossflow.models.flow_model import FlowModel, FlowSource, TextCondition
+from crossflow.models.flow_model import FlowModel, FlowSource, TextBlend, TextCondition
 from crossflow.models.transformer import FlowTransformer
-from crossflow.models.variational import VariationalEncoder
+from crossflow.models.variational import VariationalEncoder, blend_posteriors
 
 
 class CrossFlowModel(FlowModel):
@@ -54,9 +54,15 @@ class CrossFlowModel(FlowModel):
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
+        blend: TextBlend | None = None,
     ) -> FlowSource:
-        """The flow starts at z_text drawn from the VE (paper Sec. 3.1); no condition besides it."""
+        """The flow starts at z_text drawn from the VE (paper Sec. 3.1); no condition besides it. A ``blend`` row
+        draws z_text from the lerp of its two prompts' posteriors (:func:`blend_posteriors`)."""
         mu, logvar = self.encode_text(tokens, mask)
+        if blend is not None:
+            mu_b, logvar_b = self.encode_text(blend.tokens, blend.mask)
+            mu_r, logvar_r = blend_posteriors(mu[blend.rows], logvar[blend.rows], mu_b, logvar_b, blend.alpha)
+            mu, logvar = mu.index_put((blend.rows,), mu_r), logvar.index_put((blend.rows,), logvar_r)
         return FlowSource(self.text_latent(mu, logvar, generator=generator, temperature=temperature), mu=mu, logvar=logvar)
 
     def cfg_targets(self, z_image: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,21 @@ class FlowSource:
     """CrossFlow: the VE's log σ² on its grid; None otherwise."""
 
 
+@dataclass
+class TextBlend:
+    """Training samples whose source lies between two prompts (crossflow.data.shapes.Blend): row ``rows[i]`` of
+    the batch starts at ``alpha[i]`` of the way from its own prompt to the prompt encoded here."""
+
+    tokens: torch.Tensor
+    """(R, L, D_txt) token states of the second prompts."""
+    mask: torch.Tensor
+    """(R, L) bool padding mask of the second prompts."""
+    rows: torch.Tensor
+    """(R,) long: which batch rows are blends."""
+    alpha: torch.Tensor
+    """(R,) float in (0, 1]: how far towards the second prompt."""
+
+
 class FlowModel(nn.Module):
     """Base of the trainable networks: the interface the training objective and the pipeline use."""
 
@@ -75,8 +90,10 @@ class FlowModel(nn.Module):
         mask: torch.Tensor,
         generator: torch.Generator | None = None,
         temperature: float = 1.0,
+        blend: TextBlend | None = None,
     ) -> FlowSource:
-        """Frozen-encoder token states (B, L, D_txt) + mask (B, L) -> the flow's source x0 (+ condition)."""
+        """Frozen-encoder token states (B, L, D_txt) + mask (B, L) -> the flow's source x0 (+ condition);
+        ``blend`` moves some rows' source towards a second prompt (models with a text latent only)."""
         raise NotImplementedError
 
     def cfg_targets(self, z_image: torch.Tensor, unconditional: torch.Tensor) -> torch.Tensor:

@@ -115,3 +115,17 @@ class VariationalEncoder(nn.Module):
         if self.config.min_sigma > 0:
             logvar = torch.logaddexp(logvar, torch.full_like(logvar, 2 * math.log(self.config.min_sigma)))
         return mu, logvar
+
+
+def blend_posteriors(
+    mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.Tensor, logvar_b: torch.Tensor, alpha: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two batches of VE posteriors and a (B,) α -> (μ, log σ²) of the posterior α of the way from A to B: μ and σ
+    each lerped, the path ``crossflow.editing.latent_ops.interpolate_posteriors`` walks between two prompts (its
+    lerp mode), so training on blends teaches exactly the latents interpolation visits. Rows with α = 0 are A's,
+    bit for bit."""
+    w = alpha.to(mu_a.dtype).view(-1, *([1] * (mu_a.ndim - 1)))
+    mu = torch.lerp(mu_a, mu_b, w)
+    sigma = torch.lerp((0.5 * logvar_a).exp(), (0.5 * logvar_b).exp(), w)
+    # σ lerped, not log σ²: the same σ(α) as interpolation (a lerp of log σ² would be a geometric mean).
+    return mu, torch.where(w == 0, logvar_a, 2 * sigma.log())
