@@ -162,22 +162,23 @@ def main() -> None:
         models = {name: (CrossFlowPipeline.from_pretrained(ckpt), checkpoint_label(ckpt))
                   for name, ckpt in (("demo recipe", args.base_ckpt), ("blend training", blend_ckpt))}
     pairs = interpolation_pairs(args.num_pairs, args.seed)
-    acc_rows, interp_rows, strip, success = [], [], [], {}
+    acc_rows, interp_rows, strips, success = {}, {}, {}, {}
     with output_dir(None, args.smoke, "blend_training_") as out:
-        for name, (pipe, label) in models.items():
+        for name in reversed(models):  # the blend model first: its numbers are the news
+            pipe, label = models[name]
             run = Run(pipe, label, num_steps, DEFAULT_GUIDANCE_SCALE, False, args.seed, out)
             acc = accuracy(pipe, args.eval_num, num_steps)
-            acc_rows.append([name, label, *(acc[k] for k in ACCURACY_KEYS)])
+            acc_rows[name] = [name, label, *(acc[k] for k in ACCURACY_KEYS)]
             scores, examples = interpolation(run, args)
-            interp_rows += interpolation_rows(name, scores, pairs)
-            strip += [examples[i] for i in sorted(examples)]
+            interp_rows[name] = interpolation_rows(name, scores, pairs)
+            strips[name] = [examples[i] for i in sorted(examples)]
             success[name] = {m: float(np.mean([x["success"] for x in scores[m]])) for m in METHODS}
+            print(table(["model", "checkpoint", "colour", "position", "size", "shape", "all-correct"], [acc_rows[name]]))
             print(table(["model", "pairs", "method", "n", "monotone", "held", "success", "endpoints", "ratio ≤ 2",
-                         "mean ratio"], interp_rows), flush=True)
+                         "mean ratio"], interp_rows[name]), flush=True)
 
-        # Rows: pair 1 demo, pair 2 demo, pair 1 blend, pair 2 blend -> regroup by pair.
-        half = len(strip) // 2
-        ordered = [strip[i + k * half] for i in range(half) for k in range(2)]
+        # Rows: for each example pair, the demo recipe's frames, then the blend model's.
+        ordered = [strips[name][i] for i in range(len(strips["demo recipe"])) for name in models]
         image = make_grid(to_pil(torch.cat(ordered)), columns=args.num_frames)
         path = out / "blend_interpolation.png"
         image.resize((image.width * 3, image.height * 3), resample=0).save(path)
@@ -185,7 +186,7 @@ def main() -> None:
     verdicts = "\n".join(
         f"- {name}: interpolation success (bar {INTERPOLATION_BAR:.0%}) "
         + ", ".join(f"{m} {s:.3f} → **{'met' if s >= INTERPOLATION_BAR else 'NOT met'}**" for m, s in rates.items())
-        for name, rates in success.items())
+        for name, rates in ((n, success[n]) for n in models))
     body = f"""The demo recipe (configs/demo.yaml) against the same recipe with blend training (configs/data/blend.yaml:
 {BLEND_FRACTION:.0%} of the training samples lie between two captions that differ in colour, position or size; the image is
 rendered that far between them and the flow starts from the same lerp of the two VE posteriors that interpolation
@@ -194,14 +195,14 @@ measured {datetime.date.today()}.{cost}
 
 Accuracy on {args.eval_num} fresh training-phrasing prompts (`make demo`'s evaluation; bar: all-correct ≥ 0.75):
 
-{table(["model", "checkpoint", "colour", "position", "size", "shape", "all-correct"], acc_rows)}
+{table(["model", "checkpoint", "colour", "position", "size", "shape", "all-correct"], [acc_rows[n] for n in models])}
 
 Interpolation: the latent-navigation bench's test ({args.num_pairs} pairs, half colour and half position, {args.num_frames}
 frames, shared-noise lerp; arc spacing with {args.arc_rounds} rounds; the same pairs, seeds and scoring as
 bench/latent_navigation.py):
 
 {table(["model", "pairs", "method", "n", "monotone", "held", "success", "endpoints", "ratio ≤ 2", "mean ratio"],
-       interp_rows)}
+       [row for n in models for row in interp_rows[n]])}
 
 {verdicts}
 
