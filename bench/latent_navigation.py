@@ -79,6 +79,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -316,21 +317,24 @@ def interpolation_pairs(n: int, seed: int) -> list[Pair]:
     return pairs
 
 
-def score_frames(frames: torch.Tensor, pair: Pair) -> dict[str, float | bool]:
+def score_frames(frames: torch.Tensor, pair: Pair) -> dict[str, Any]:
     """One pair's frames (F, 3, S, S) in [0, 1] -> monotone progress, attributes held, success, smoothness."""
     attr = pair.attribute
     readings = [measure(frame) for frame in frames]
     rho = spearman(attribute_progress(list(frames), attr, pair.a[attr], pair.b[attr]))
     unchanged = [name for name in ATTRIBUTES if name != attr]
     monotone = not math.isnan(rho) and rho >= MONOTONE_RHO
-    held = all(r[name] == pair.a[name] for r in readings for name in unchanged)
+    misread = tuple(name for name in unchanged if any(r[name] != pair.a[name] for r in readings))
     constant = all(r[name] == readings[0][name] for r in readings for name in unchanged)
     return {
         "rho": rho,
         "monotone": monotone,
-        "held": held,
+        "held": not misread,
+        "misread": misread,  # the unchanged attributes read wrong on some frame
+        # The two prompts' own images hold them: what the model's drawing allows, whatever the path does.
+        "ends_held": all(r[name] == pair.a[name] for r in (readings[0], readings[-1]) for name in unchanged),
         "constant": constant,
-        "success": monotone and held,
+        "success": monotone and not misread,
         "endpoints": readings[0][attr] == pair.a[attr] and readings[-1][attr] == pair.b[attr],
         "ratio": smoothness_ratio(frames),
     }
