@@ -50,8 +50,10 @@ BLEND_KEY = "blend.json"
 
 def blend_of(sample: dict[str, Any]) -> dict[str, Any]:
     """A ``blend.json`` member -> {"blend_caption", "blend_alpha"} (crossflow.data.shapes.Blend): the flow of
-    this sample starts at α of the way from its caption's VE posterior to B's. α = 0 (B's caption may be absent)
-    is a plain sample."""
+    this sample starts at α of the way from its caption's VE posterior to B's. No member, or α = 0 (B's caption
+    may then be absent), is a plain sample: every sample gets both keys, so blend and plain shards mix in a batch."""
+    if BLEND_KEY not in sample:
+        return {"blend_caption": "", "blend_alpha": torch.tensor(0.0)}
     record = json.loads(sample[BLEND_KEY])
     alpha = float(record.get("alpha", float("nan")))
     if not 0.0 <= alpha <= 1.0:
@@ -72,8 +74,7 @@ def decode_sample(sample: dict[str, Any], image_size: int) -> dict[str, Any]:
         raise ValueError("empty caption")
     out = {"caption": caption, "key": f"{os.path.basename(sample['__url__'])}/{sample['__key__']}"}
     out.update(decode_precomputed(sample))
-    if BLEND_KEY in sample:
-        out.update(blend_of(sample))
+    out.update(blend_of(sample))
     if "latent_moments" not in out:
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None:

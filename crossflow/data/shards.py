@@ -71,9 +71,8 @@ def write_shapes_shards(
 ) -> list[str]:
     """Generate ``num_samples`` shapes samples from ``seed`` into tar shards; returns the shard paths in order.
 
-    With ``blend_fraction`` > 0 every sample also carries a ``blend.json`` member (crossflow.data.decode): B's
-    caption and α for the blends (:class:`~crossflow.data.shapes.Blend`), ``{"alpha": 0}`` for the others, so that
-    every sample of the dataset has the same members (a batch collates only samples with the same keys)."""
+    With ``blend_fraction`` > 0 the blends (:class:`~crossflow.data.shapes.Blend`) also carry a ``blend.json``
+    member, B's caption and α (crossflow.data.decode reads it back)."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}.")
     if samples_per_shard <= 0:
@@ -96,8 +95,8 @@ def write_shapes_shards(
                 "txt": sample.caption,
                 "json": sample.to_json(),
             }
-            if blend_fraction > 0:
-                members["blend.json"] = sample.blend.to_json() if sample.blend is not None else {"alpha": 0.0}
+            if sample.blend is not None:
+                members["blend.json"] = sample.blend.to_json()
             sink.write(members)
     return written
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from torch.utils.data import default_collate
 
-from crossflow.data.decode import BLEND_KEY, blend_of
+from crossflow.data.decode import BLEND_KEY, blend_of, decode_sample
 from crossflow.data.pipeline import expand_shards, read_shard
 from crossflow.data.shapes import (
     ATTRIBUTES,
@@ -85,14 +86,20 @@ def test_blends_differ_in_one_attribute_and_state_everything() -> None:
         assert not (b.color == "green" and b.shape == "triangle"), "B respects the holdout too"
 
 
-def test_shards_carry_a_blend_member_on_every_sample(tmp_path: Path) -> None:
-    write_shapes_shards(str(tmp_path), 60, seed=1, blend_fraction=0.5, progress=False)
-    decoded = [blend_of(raw) for url in expand_shards(str(tmp_path))
-               for raw in read_shard(url, on_error=lambda exn: None)]
-    assert len(decoded) == 60
+def test_blend_shards_decode_and_mix_with_plain_ones(tmp_path: Path) -> None:
+    write_shapes_shards(str(tmp_path / "blend"), 60, seed=1, blend_fraction=0.5, progress=False)
+    write_shapes_shards(str(tmp_path / "plain"), 8, seed=1, progress=False)
+    raws = {name: [raw for url in expand_shards(str(tmp_path / name))
+                   for raw in read_shard(url, on_error=lambda exn: None)] for name in ("blend", "plain")}
+    decoded = [decode_sample(raw, 32) for raw in raws["blend"]]
     alphas = np.array([d["blend_alpha"].item() for d in decoded])
-    assert 0 < (alphas > 0).sum() < 60
+    assert len(decoded) == 60 and 0 < (alphas > 0).sum() < 60
     assert all(bool(d["blend_caption"]) == (d["blend_alpha"] > 0) for d in decoded)
+    assert sum(BLEND_KEY in raw for raw in raws["blend"]) == (alphas > 0).sum(), "only blends carry the member"
+    # A plain sample decodes as α = 0, so one batch can hold both kinds.
+    mixed = decoded[:4] + [decode_sample(raw, 32) for raw in raws["plain"][:4]]
+    batch = default_collate(mixed)
+    assert batch["blend_alpha"].shape == (8,) and not batch["blend_alpha"][4:].any()
 
 
 @pytest.mark.parametrize("record, message", [({"alpha": 2.0, "caption": "x"}, "alpha must be"),
