@@ -32,7 +32,6 @@ the picture to a temporary folder and prints the section instead of writing docs
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -162,6 +161,10 @@ def main() -> None:
         blend_ckpt = args.blend_ckpt or train_blend_model(args.workdir)
         if args.blend_ckpt is None:
             cost = f" Training the blend model took {train_seconds(blend_ckpt) / 60:.1f} min (bf16, this machine)."
+        else:
+            cost = (" The blend checkpoint was given (`--blend-ckpt`: `python train.py fit --config configs/demo.yaml "
+                    "--config configs/data/blend.yaml` with its own run folder); without it the bench trains the same "
+                    f"recipe in `{args.workdir}`.")
         models = {name: (CrossFlowPipeline.from_pretrained(ckpt), checkpoint_label(ckpt))
                   for name, ckpt in (("demo recipe", args.base_ckpt), ("blend training", blend_ckpt))}
     pairs = interpolation_pairs(args.num_pairs, args.seed)
@@ -192,8 +195,7 @@ def main() -> None:
     body = f"""The demo recipe (configs/demo.yaml) against the same recipe with blend training (configs/data/blend.yaml:
 {BLEND_FRACTION:.0%} of the training samples lie between two captions that differ in colour, position or size; the image is
 rendered that far between them and the flow starts from the same lerp of the two VE posteriors that interpolation
-walks). {STEPS} steps each, EMA weights, {num_steps} Euler steps, guidance {DEFAULT_GUIDANCE_SCALE}, fp32, seed {args.seed};
-measured {datetime.date.today()}.{cost}
+walks). {STEPS} steps each, EMA weights, {num_steps} Euler steps, guidance {DEFAULT_GUIDANCE_SCALE}, fp32, seed {args.seed}.{cost}
 
 Accuracy on {args.eval_num} fresh training-phrasing prompts (`make demo`'s evaluation; bar: all-correct ≥ 0.75):
 
