@@ -95,10 +95,9 @@ def accuracy(pipe: CrossFlowPipeline, num: int, num_steps: int) -> dict[str, flo
     return {k: float(scores[k]) for k in ACCURACY_KEYS}
 
 
-def interpolation(run: Run, args: argparse.Namespace) -> tuple[dict[str, list[dict]], dict[int, torch.Tensor]]:
+def interpolation(run: Run, args: argparse.Namespace, pairs: list) -> tuple[dict[str, list[dict]], dict[int, torch.Tensor]]:
     """Per method, every pair's scores (latent_navigation.score_frames); and the evenly spaced frames of the first
     colour pair and the first position pair."""
-    pairs = interpolation_pairs(args.num_pairs, run.seed)
     first = {next(i for i, p in enumerate(pairs) if p.attribute == attr) for attr in ("color", "position")}
     scores: dict[str, list[dict]] = {m: [] for m in METHODS}
     examples = {}
@@ -175,7 +174,7 @@ def main() -> None:
             run = Run(pipe, label, num_steps, DEFAULT_GUIDANCE_SCALE, False, args.seed, out)
             acc = accuracy(pipe, args.eval_num, num_steps)
             acc_rows[name] = [name, label, *(acc[k] for k in ACCURACY_KEYS)]
-            scores, examples = interpolation(run, args)
+            scores, examples = interpolation(run, args, pairs)
             interp_rows[name] = interpolation_rows(name, scores, pairs)
             strips[name] = [examples[i] for i in sorted(examples)]
             success[name] = {m: float(np.mean([x["success"] for x in scores[m]])) for m in METHODS}
