@@ -49,7 +49,7 @@ bf16 at batch 64 on one thread, 0.245 s/step (LoRA) and 0.239 s/step (text offse
 (inversion ≈ 6 s each).
 
 Run: python bench/weight_space.py [--ckpt runs/demo/checkpoints/last.ckpt] [--instances 300]
-     [--heldout 50] [--rank 2] [--shared-init] [--k 20] [--train-steps 10000] [--precision bf16-mixed] [--models 50]
+     [--heldout 50] [--rank 2] [--shared-init] [--time-shift 1] [--k 20] [--train-steps 10000] [--precision bf16-mixed] [--models 50]
      [--seeds 8] [--attribute aspect] [--amount 0.4] [--t-inject 0] [--inversion-steps 200] [--kinds lora text]
      [--train-only] [--smoke]
 ``--smoke`` runs a randomly initialised demo-shaped model at toy sizes in a temporary folder (< 1 minute) and prints
@@ -169,14 +169,16 @@ def build(kind: str, base: CrossFlowPipeline, instances: list[Instance], args: a
     config = BankTrainConfig(kind=kind, rank=args.rank, steps=args.train_steps, batch_size=args.batch_size,  # type: ignore[arg-type]
                              images_per_instance=args.images_per_instance, caption=args.caption,
                              position=None if args.position == "random" else args.position, seed=args.seed,
-                             lr=args.lr, precision=args.precision, shared_init=args.shared_init)
+                             lr=args.lr, precision=args.precision, shared_init=args.shared_init,
+                             time_shift=args.time_shift)
     bank: LoraBank | TextOffsetBank | None = None
     if path.exists() and not args.smoke:
         bank, record = load_bank(path, pipe.model)
         wanted = {"steps": config.steps, "batch_size": config.batch_size, "lr": config.learning_rate,
                   "images_per_instance": config.images_per_instance, "caption": config.caption,
                   "position": config.position, "seed": config.seed, "precision": config.precision,
-                  **({"shared_init": True} if config.shared_init else {})}
+                  **({"shared_init": True} if config.shared_init else {}),
+                  **({"time_shift": config.time_shift} if config.time_shift != 1.0 else {})}
         if record.instances != instances or record.rank != (args.rank if kind == "lora" else None) or any(
                 record.training.get(key) != value for key, value in wanted.items()):
             print(f"{path} was trained with other settings: retraining")
@@ -330,7 +332,8 @@ def report(studies: list[Study], args: argparse.Namespace, label: str, files: di
         f"Model: {label}. {len(first.space.metadata['fitted'])} training instances + {args.heldout} held out, caption "
         f"\"{first.record.prompt}\", images at position {args.position}; LoRA rank {args.rank} on q, v of every flow block "
         f"(A initialised {'from one shared draw' if args.shared_init else 'independently per instance'}); banks trained in one run each, "
-        f"{args.train_steps} steps of batch {args.batch_size} ({args.images_per_instance} renders per instance); "
+        f"{args.train_steps} steps of batch {args.batch_size} ({args.images_per_instance} renders per instance"
+        f"{'' if args.time_shift == 1 else f', t shifted by {args.time_shift:g}'}); "
         f"k = {args.k} PCs over standardised vectors. {args.seeds} images per model, {args.num_steps} Euler steps, "
         f"guidance {args.guidance:g}. Edit: {args.attribute} by ±{args.amount:g} (its linear prediction; aspect in "
         f"log units), changed if ≥ {first.results.get('min_change', '—')}, delayed injection from t = "
@@ -367,6 +370,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images-per-instance", type=int, default=4)
     parser.add_argument("--lr", type=float, default=None, help="bank learning rate (default: 3e-3 LoRA, 1e-2 text)")
+    parser.add_argument("--time-shift", type=float, default=1.0,
+                        help="shift of the banks' training t (the demo base trains at 0.25; 1: uniform, the default)")
     parser.add_argument("--precision", default="32-true",
                         help="Lightning precision of the bank training (bf16-mixed where the CPU has native bf16)")
     parser.add_argument("--models", type=int, default=50, help="models sampled from the PC Gaussian")

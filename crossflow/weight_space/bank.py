@@ -283,10 +283,11 @@ class LoraBank:
         return self.deltas()
 
     def flow_loss(self, model: FlowModel, prompt: PromptLatent, z_image: torch.Tensor, ids: torch.Tensor,
-                  generator: torch.Generator | None = None, time_sampling: str = "uniform") -> torch.Tensor:
+                  generator: torch.Generator | None = None, time_sampling: str = "uniform",
+                  time_shift: float = 1.0) -> torch.Tensor:
         """The instance objective (objective.instance_flow_loss) with sample b under instance ids[b]'s update."""
         with self.instances(ids):
-            return instance_flow_loss(model, prompt, z_image, generator, time_sampling)
+            return instance_flow_loss(model, prompt, z_image, generator, time_sampling, time_shift=time_shift)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """A (L, K, P, r, D_in) and B (L, K, P, D, r), float32 on the CPU."""
@@ -331,9 +332,11 @@ class TextOffsetBank(nn.Module):
         return self.offsets.detach().float().cpu()
 
     def flow_loss(self, model: FlowModel, prompt: PromptLatent, z_image: torch.Tensor, ids: torch.Tensor,
-                  generator: torch.Generator | None = None, time_sampling: str = "uniform") -> torch.Tensor:
+                  generator: torch.Generator | None = None, time_sampling: str = "uniform",
+                  time_shift: float = 1.0) -> torch.Tensor:
         """The instance objective with sample b's text latent moved by offset[ids[b]]."""
-        return instance_flow_loss(model, prompt, z_image, generator, time_sampling, text_offset=self.offsets[ids])
+        return instance_flow_loss(model, prompt, z_image, generator, time_sampling, text_offset=self.offsets[ids],
+                                  time_shift=time_shift)
 
     def load_offsets(self, offsets: torch.Tensor) -> None:
         if tuple(offsets.shape) != tuple(self.offsets.shape):

@@ -59,6 +59,7 @@ def instance_flow_loss(
     generator: torch.Generator | None = None,
     time_sampling: str = "uniform",
     text_offset: torch.Tensor | None = None,
+    time_shift: float = 1.0,
 ) -> torch.Tensor:
     """Flow-matching MSE of ``z_image`` (B, C, H, W) under the prompt, each sample with its own z_text and t.
 
@@ -67,7 +68,7 @@ def instance_flow_loss(
     """
     b, device = z_image.shape[0], z_image.device
     z_text = draw_text_latents(model, prompt, b, generator, text_offset)
-    t = flow.sample_time(b, time_sampling, device=device, generator=generator)  # type: ignore[arg-type]
+    t = flow.sample_time(b, time_sampling, shift=time_shift, device=device, generator=generator)  # type: ignore[arg-type]
     sigma_min = model.config.sigma_min
     x_t = flow.path_sample(z_text, z_image, t, sigma_min)
     v_target = flow.target_velocity(z_text, z_image, sigma_min)

@@ -57,6 +57,10 @@ class BankTrainConfig:
     """AdamW learning rate (no weight decay); None: 3e-3 for LoRA, 1e-2 for text offsets."""
     time_sampling: str = "uniform"
     """Training t distribution (flow.sample_time): the demo model's own."""
+    time_shift: float = 1.0
+    """Shift of the training t (flow.sample_time's ``shift``; < 1 moves samples towards the text end t = 0). The
+    demo recipe trains its base at 0.25 because a shape's outline is settled in the first tenth of t
+    (docs/experiments.md, round 5); a bank that fine-tunes that base draws its outlines there too."""
     token: str = INSTANCE_TOKEN
     caption: str | None = None
     """The caption every image carries; None: ``instance_caption(token)`` ("a photo of sks"). A caption the base
@@ -72,6 +76,8 @@ class BankTrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in DEFAULT_LR:
             raise CrossFlowError(f"bank kind must be 'lora' or 'text', got {self.kind!r}")
+        if self.time_shift <= 0:
+            raise CrossFlowError(f"time_shift must be positive, got {self.time_shift}")
         if self.steps < 1 or self.rank < 1 or self.images_per_instance < 1:
             raise CrossFlowError(f"need steps, rank, images_per_instance >= 1; got {self.steps}, {self.rank}, "
                                  f"{self.images_per_instance}")
@@ -132,7 +138,7 @@ class BankLitModule(pl.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.global_step)
         z_image = self.codec.encode(batch["image"])
         loss = self.bank.flow_loss(self.model, PromptLatent(self.prompt_mu, self.prompt_logvar), z_image,
-                                   batch["ids"], generator, self.config.time_sampling)
+                                   batch["ids"], generator, self.config.time_sampling, self.config.time_shift)
         self.log("train/flow_mse", loss, prog_bar=True)
         return loss
 

@@ -208,6 +208,25 @@ def test_a_fixed_position_places_every_training_image_there() -> None:
         BankTrainConfig(position="middle")
 
 
+def test_the_bank_trains_on_its_time_shift(pipe: CrossFlowPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bank that fine-tunes a base trained with a time shift should see the same t distribution (the demo: 0.25).
+    from crossflow import flow
+
+    shifts: list[float] = []
+    sample_time = flow.sample_time
+
+    def recording(*args, shift: float = 1.0, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        shifts.append(shift)
+        return sample_time(*args, shift=shift, **kwargs)
+
+    monkeypatch.setattr(flow, "sample_time", recording)
+    config = BankTrainConfig(rank=1, steps=2, batch_size=4, images_per_instance=2, time_shift=0.25)
+    _, record = train_bank(pipe, sample_instances(2, seed=1), config, progress=False)
+    assert shifts == [0.25, 0.25] and record.training["time_shift"] == 0.25
+    with pytest.raises(CrossFlowError, match="time_shift must be positive"):
+        BankTrainConfig(time_shift=0.0)
+
+
 @pytest.mark.parametrize("kind", ["lora", "text"])
 def test_one_run_trains_every_instance_and_the_file_round_trips(pipe: CrossFlowPipeline, kind: str,
                                                                 tmp_path: Path) -> None:
