@@ -23,6 +23,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from crossflow.data.pipeline import ShardStream, count_shards, expand_shards, is_local, read_shard
 from crossflow.data.plan import dist_rank_world
+from crossflow.data.shapes import P_OMIT
 from crossflow.errors import CrossFlowError
 
 GENERATION_RECORD = "generated.json"
@@ -51,10 +52,18 @@ class ShapesGeneration:
     rendered that far between them (crossflow.data.shapes.Blend; configs/data/blend.yaml): the flow learns images
     for the latents that interpolation walks through. Validation shards have none. 0 = the dataset as specified
     in DESIGN.md."""
+    p_omit_size: float = P_OMIT
+    """How often a caption leaves the size out (then the object's size is whatever was drawn): DESIGN.md's 0.15.
+    Higher values train the flow on more under-specified captions (configs/data/omit.yaml)."""
+    p_omit_position: float = P_OMIT
+    """How often a caption leaves the position out, independently of the size."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.blend_fraction < 1.0:
             raise CrossFlowError(f"generate_shapes.blend_fraction must be in [0, 1), got {self.blend_fraction}")
+        for name in ("p_omit_size", "p_omit_position"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise CrossFlowError(f"generate_shapes.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class TrainLoader(StatefulDataLoader):
@@ -169,6 +178,9 @@ class ShardDataModule(pl.LightningDataModule):
             wanted = {"num": num, "seed": seed, "image_size": self.image_size, "holdout": gen.holdout}
             if blend:  # recorded only when used: folders generated before blends existed still match
                 wanted["blend_fraction"] = blend
+            for name in ("p_omit_size", "p_omit_position"):  # likewise, only when not the spec's
+                if getattr(gen, name) != P_OMIT:
+                    wanted[name] = getattr(gen, name)
             record = os.path.join(shards, GENERATION_RECORD)
             if os.path.isdir(shards) and any(f.endswith(".tar") for f in os.listdir(shards)):
                 if os.path.exists(record):
@@ -183,7 +195,8 @@ class ShardDataModule(pl.LightningDataModule):
             from crossflow.data.shards import write_shapes_shards
 
             write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard,
-                                image_size=self.image_size, holdout=gen.holdout, blend_fraction=blend)
+                                image_size=self.image_size, holdout=gen.holdout, blend_fraction=blend,
+                                p_omit_size=gen.p_omit_size, p_omit_position=gen.p_omit_position)
             with open(record, "w") as f:
                 json.dump(wanted, f)
 

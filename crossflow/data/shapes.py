@@ -46,6 +46,8 @@ JITTER = 0.04
 """Uniform jitter of the centre, as a fraction of S, on each coordinate."""
 ATTRIBUTES: tuple[str, ...] = ("shape", "color", "size", "position")
 MIN_IMAGE_SIZE = 16
+P_OMIT = 0.15
+"""How often a training caption leaves the size out, and (independently) the position: DESIGN.md's "sometimes"."""
 
 _VALUES: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
@@ -483,8 +485,8 @@ class ShapesGenerator:
         seed: int,
         image_size: int = 32,
         phrasing: Phrasing = "train",
-        p_omit_size: float = 0.15,
-        p_omit_position: float = 0.15,
+        p_omit_size: float = P_OMIT,
+        p_omit_position: float = P_OMIT,
         holdout: Sequence[Mapping[str, str]] = (),
         blend_fraction: float = 0.0,
     ) -> None:

@@ -21,7 +21,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from crossflow.data.shapes import Phrasing, ShapesGenerator
+from crossflow.data.shapes import P_OMIT, Phrasing, ShapesGenerator
 
 SHARD_PREFIX = "shapes-"
 _SHARD_NAME = re.compile(rf"{SHARD_PREFIX}(\d{{6}})\.tar$")
@@ -68,18 +68,22 @@ def write_shapes_shards(
     progress: bool = True,
     overwrite: bool = False,
     blend_fraction: float = 0.0,
+    p_omit_size: float = P_OMIT,
+    p_omit_position: float = P_OMIT,
 ) -> list[str]:
     """Generate ``num_samples`` shapes samples from ``seed`` into tar shards; returns the shard paths in order.
 
     With ``blend_fraction`` > 0 the blends (:class:`~crossflow.data.shapes.Blend`) also carry a ``blend.json``
-    member, B's caption and α (crossflow.data.decode reads it back)."""
+    member, B's caption and α (crossflow.data.decode reads it back). ``p_omit_size`` / ``p_omit_position``: how often
+    a caption leaves size / position out (DESIGN.md's spec: 0.15 each)."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}.")
     if samples_per_shard <= 0:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}.")
     # Build the generator first so bad arguments fail before anything touches the disk.
     generator = ShapesGenerator(seed, image_size=image_size, phrasing=phrasing, holdout=holdout,
-                                blend_fraction=blend_fraction)
+                                blend_fraction=blend_fraction, p_omit_size=p_omit_size,
+                                p_omit_position=p_omit_position)
     _prepare_dir(out_dir, overwrite)
     written: list[str] = []
     pattern = os.path.join(out_dir, f"{SHARD_PREFIX}%06d.tar")
@@ -130,6 +134,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--blend-fraction", type=float, default=0.0,
                         help="fraction of samples rendered between two captions that differ in colour, position or "
                              "size (training for smooth interpolation; default 0)")
+    parser.add_argument("--p-omit-size", type=float, default=P_OMIT,
+                        help=f"how often a caption leaves the size out (default {P_OMIT}, the dataset's spec)")
+    parser.add_argument("--p-omit-position", type=float, default=P_OMIT,
+                        help=f"how often a caption leaves the position out (default {P_OMIT})")
     parser.add_argument("--overwrite", action="store_true", help="replace shapes shards already in --out")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -153,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             overwrite=args.overwrite,
             blend_fraction=args.blend_fraction,
+            p_omit_size=args.p_omit_size,
+            p_omit_position=args.p_omit_position,
         )
     except (ValueError, json.JSONDecodeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -49,3 +49,27 @@ def test_a_folder_generated_otherwise_is_refused(tmp_path: Path, change: str) ->
     other = _module(tmp_path, [] if change == "holdout" else HOLDOUT, num_train=300 if change == "holdout" else 400)
     with pytest.raises(CrossFlowError, match="generated with"):
         other.prepare_data()
+
+
+def _stated(root: Path) -> list[list[str]]:
+    stated = []
+    for url in expand_shards(str(root)):
+        with tarfile.open(url) as tar:
+            stated += [json.load(tar.extractfile(m))["stated"] for m in tar.getmembers() if m.name.endswith(".json")]
+    return stated
+
+
+def test_caption_omission_rates_reach_both_splits_and_the_record(tmp_path: Path) -> None:
+    # configs/data/omit.yaml: more captions that leave size / position out than the spec's 0.15 each.
+    gen = ShapesGeneration(num_train=60, num_val=20, seed=3, samples_per_shard=60, p_omit_size=1.0, p_omit_position=0.0)
+    ShardDataModule(str(tmp_path / "train"), str(tmp_path / "val"), image_size=16, generate_shapes=gen).prepare_data()
+    for split, num in (("train", 60), ("val", 20)):
+        stated = _stated(tmp_path / split)
+        assert len(stated) == num and all("size" not in s and "position" in s for s in stated)
+        record = json.loads((tmp_path / split / GENERATION_RECORD).read_text())
+        assert record["p_omit_size"] == 1.0 and record["p_omit_position"] == 0.0
+    spec = ShapesGeneration(num_train=60, num_val=20, seed=3, samples_per_shard=60)
+    with pytest.raises(CrossFlowError, match="generated with"):  # the spec's rates are other settings
+        ShardDataModule(str(tmp_path / "train"), None, image_size=16, generate_shapes=spec).prepare_data()
+    with pytest.raises(CrossFlowError, match="p_omit_position must be in"):
+        ShapesGeneration(p_omit_position=1.5)

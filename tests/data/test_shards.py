@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,13 @@ def test_cli_writes_shards_and_reports(tmp_path: Path, capsys: pytest.CaptureFix
     assert sorted(os.listdir(out)) == ["shapes-000000.tar", "shapes-000001.tar"]
     assert main(["--out", out, "--num", "0", "--seed", "2"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_cli_sets_how_often_captions_leave_attributes_out(tmp_path: Path) -> None:
+    out = tmp_path / "omit"
+    assert main(["--out", str(out), "--num", "8", "--seed", "2", "--p-omit-size", "0", "--p-omit-position", "1",
+                 "--no-progress"]) == 0
+    with tarfile.open(out / "shapes-000000.tar") as tar:
+        stated = [json.load(tar.extractfile(m))["stated"] for m in tar.getmembers() if m.name.endswith(".json")]
+    assert len(stated) == 8 and all("size" in s and "position" not in s for s in stated)
+    assert main(["--out", str(tmp_path / "bad"), "--num", "8", "--seed", "2", "--p-omit-size", "2"]) == 2
