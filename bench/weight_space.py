@@ -276,7 +276,8 @@ def part_inversion(study: Study, heldout: list[int], args: argparse.Namespace) -
         z_image = study.pipe.codec.encode(source.to(study.pipe.device))
         result = invert(study.pipe, study.space, z_image, study.prompt, steps=args.inversion_steps,
                         lr=args.inversion_lr, batch_size=args.inversion_batch,
-                        generator=torch.Generator().manual_seed(args.seed + index))
+                        generator=torch.Generator().manual_seed(args.seed + index),
+                        time_shift=float(study.record.training.get("time_shift", 1.0)))
         seconds.append(result.seconds)
         images = images_of(study, study.space.decode(result.coefficients), args, seed=args.seed)
         hits += instance_match(identity_of(images)[0], instance)

@@ -51,13 +51,15 @@ def _image_batch(z_image: torch.Tensor, batch: int, device: torch.device) -> tor
 def coefficient_loss(pipe: CrossFlowPipeline, space: WeightSpace, coeffs: torch.Tensor, z_image: torch.Tensor,
                      prompt: PromptLatent, batch_size: int = DEFAULT_INVERSION_BATCH,
                      generator: torch.Generator | None = None, kind: SpaceKind | None = None,
-                     targets: Sequence[str] | None = None) -> torch.Tensor:
-    """The instance flow-matching loss of one image latent under the model at ``coeffs`` (differentiable in them)."""
+                     targets: Sequence[str] | None = None, time_shift: float = 1.0) -> torch.Tensor:
+    """The instance flow-matching loss of one image latent under the model at ``coeffs`` (differentiable in them);
+    ``time_shift``: the bank's training shift of t (BankTrainConfig.time_shift), so the fit sees the same t's."""
     kind = kind or space.metadata.get("kind", "lora")
     targets = tuple(targets or space.metadata.get("targets", DEFAULT_TARGETS))
     batch = _image_batch(z_image, batch_size, pipe.device)
     with applied(pipe, kind, space.decode(coeffs.to(pipe.device)), targets) as offset:
-        return instance_flow_loss(pipe.model, prompt.to(pipe.device), batch, generator, text_offset=offset)
+        return instance_flow_loss(pipe.model, prompt.to(pipe.device), batch, generator, text_offset=offset,
+                                  time_shift=time_shift)
 
 
 def invert(
@@ -71,6 +73,7 @@ def invert(
     prior_weight: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    time_shift: float = 1.0,
 ) -> InversionResult:
     """Fit the k PC coefficients to one image latent ``z_image`` ((1, C, H, W) or (C, H, W)) by Adam on the flow-
     matching loss (``batch_size`` draws of t and z_text per step). Only the coefficients get gradients."""
@@ -84,7 +87,8 @@ def invert(
     start = time.perf_counter()
     with pipe.eval_mode():
         for _ in tqdm(range(steps), desc="inversion", disable=not progress, leave=False):
-            loss = coefficient_loss(pipe, space, u * scale, z_image, prompt, batch_size, generator)
+            loss = coefficient_loss(pipe, space, u * scale, z_image, prompt, batch_size, generator,
+                                    time_shift=time_shift)
             total = loss + prior_weight * (u * u).mean() if prior_weight else loss
             # autograd.grad, not backward: the model's own weights may require grad; they must neither get nor keep any.
             (grad,) = torch.autograd.grad(total, [u])

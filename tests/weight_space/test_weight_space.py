@@ -364,6 +364,25 @@ def test_inversion_reduces_the_flow_matching_loss(pipe: CrossFlowPipeline, kind:
     assert all(p.grad is None for p in pipe.model.parameters())
 
 
+def test_inversion_draws_t_with_the_banks_shift(pipe: CrossFlowPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossflow import flow
+
+    shifts: list[float] = []
+    sample_time = flow.sample_time
+
+    def recording(*args, shift: float = 1.0, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        shifts.append(shift)
+        return sample_time(*args, shift=shift, **kwargs)
+
+    prompt = encode_prompt(pipe, instance_caption())
+    z_image = pipe.codec.encode(render_references(sample_instances(1, seed=2), IMAGE_SIZE, np.random.default_rng(0)))
+    space = WeightSpace.fit(torch.randn(6, *pipe.model.variational.grid_shape, generator=_g(3)), k=2,
+                            metadata={"kind": "text"})
+    monkeypatch.setattr(flow, "sample_time", recording)
+    invert(pipe, space, z_image, prompt, steps=2, batch_size=4, generator=_g(10), time_shift=0.25)
+    assert shifts == [0.25, 0.25]
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
