@@ -208,8 +208,9 @@ def test_a_fixed_position_places_every_training_image_there() -> None:
         BankTrainConfig(position="middle")
 
 
-def test_the_bank_trains_on_its_time_shift(pipe: CrossFlowPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A bank that fine-tunes a base trained with a time shift should see the same t distribution (the demo: 0.25).
+@pytest.fixture
+def time_shifts(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The ``shift`` of every flow.sample_time call from here on."""
     from crossflow import flow
 
     shifts: list[float] = []
@@ -220,9 +221,14 @@ def test_the_bank_trains_on_its_time_shift(pipe: CrossFlowPipeline, monkeypatch:
         return sample_time(*args, shift=shift, **kwargs)
 
     monkeypatch.setattr(flow, "sample_time", recording)
+    return shifts
+
+
+def test_the_bank_trains_on_its_time_shift(pipe: CrossFlowPipeline, time_shifts: list[float]) -> None:
+    # A bank that fine-tunes a base trained with a time shift should see the same t distribution (the demo: 0.25).
     config = BankTrainConfig(rank=1, steps=2, batch_size=4, images_per_instance=2, time_shift=0.25)
     _, record = train_bank(pipe, sample_instances(2, seed=1), config, progress=False)
-    assert shifts == [0.25, 0.25] and record.training["time_shift"] == 0.25
+    assert time_shifts == [0.25, 0.25] and record.training["time_shift"] == 0.25
     with pytest.raises(CrossFlowError, match="time_shift must be positive"):
         BankTrainConfig(time_shift=0.0)
 
@@ -364,23 +370,13 @@ def test_inversion_reduces_the_flow_matching_loss(pipe: CrossFlowPipeline, kind:
     assert all(p.grad is None for p in pipe.model.parameters())
 
 
-def test_inversion_draws_t_with_the_banks_shift(pipe: CrossFlowPipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    from crossflow import flow
-
-    shifts: list[float] = []
-    sample_time = flow.sample_time
-
-    def recording(*args, shift: float = 1.0, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        shifts.append(shift)
-        return sample_time(*args, shift=shift, **kwargs)
-
+def test_inversion_draws_t_with_the_banks_shift(pipe: CrossFlowPipeline, time_shifts: list[float]) -> None:
     prompt = encode_prompt(pipe, instance_caption())
     z_image = pipe.codec.encode(render_references(sample_instances(1, seed=2), IMAGE_SIZE, np.random.default_rng(0)))
     space = WeightSpace.fit(torch.randn(6, *pipe.model.variational.grid_shape, generator=_g(3)), k=2,
                             metadata={"kind": "text"})
-    monkeypatch.setattr(flow, "sample_time", recording)
     invert(pipe, space, z_image, prompt, steps=2, batch_size=4, generator=_g(10), time_shift=0.25)
-    assert shifts == [0.25, 0.25]
+    assert time_shifts == [0.25, 0.25]
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
