@@ -250,7 +250,8 @@ def _w2w_sample(pipe: CrossFlowPipeline, space: Any, prompt: Any, vector: torch.
 
     return sample_instance(pipe, prompt, space.metadata.get("kind", "lora"), vector, args.seeds, _generator(args),
                            num_steps=args.steps, guidance_scale=args.cfg_scale,
-                           targets=tuple(space.metadata.get("targets", ("q", "v"))), **kw)
+                           targets=tuple(space.metadata.get("targets", ("q", "v"))),
+                           temperature=args.text_temperature, **kw)
 
 
 def _identity(images: torch.Tensor) -> dict[str, Any]:
@@ -284,7 +285,8 @@ def cmd_w2w_train(args: argparse.Namespace) -> dict[str, Any]:
     shown = min(args.preview, len(instances))
     for index in range(shown):
         samples = sample_instance(pipe, prompt, record.kind, vectors[index], args.seeds, _generator(args),
-                                  num_steps=args.steps, guidance_scale=args.cfg_scale, targets=record.targets)
+                                  num_steps=args.steps, guidance_scale=args.cfg_scale, targets=record.targets,
+                                  temperature=args.text_temperature)
         rows += [render_references([instances[index]], pipe.config.codec.image_size, position=args.position), samples]
     if shown:
         make_grid(to_pil(torch.cat(rows)), columns=args.seeds + 1).save(out / "preview.png")
@@ -326,7 +328,8 @@ def cmd_w2w_sample(args: argparse.Namespace) -> dict[str, Any]:
         models.append({"coefficients": [round(float(v), 4) for v in c], **_identity(images)})
     make_grid(to_pil(torch.cat(rows)), columns=args.seeds).save(out / "samples.png")
     return {"models": models, "consistent_fraction": sum(m["consistent"] for m in models) / len(models),
-            "seeds": args.seeds, "temperature": args.temperature, "files": ["samples.png"]}
+            "seeds": args.seeds, "temperature": args.temperature, "text_temperature": args.text_temperature,
+            "files": ["samples.png"]}
 
 
 def cmd_w2w_edit(args: argparse.Namespace) -> dict[str, Any]:
@@ -388,6 +391,9 @@ def _check_w2w_args(args: argparse.Namespace) -> None:
 
     if hasattr(args, "t_inject"):
         check_t_inject(args.t_inject)
+    for name in ("temperature", "text_temperature"):
+        if getattr(args, name, 1.0) < 0:
+            raise CrossFlowError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("space", "bank"):
         path = getattr(args, name, None)
         if path is not None and not Path(path).is_file():
@@ -397,8 +403,6 @@ def _check_w2w_args(args: argparse.Namespace) -> None:
             raise CrossFlowError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if getattr(args, "instances", 2) < 2:
         raise CrossFlowError(f"--instances must be at least 2 (a space needs two models), got {args.instances}")
-    if getattr(args, "temperature", 1.0) < 0:
-        raise CrossFlowError(f"--temperature must be >= 0, got {args.temperature}")
     if args.verb == "w2w-edit" and (args.bank is None) != (args.instance is None):
         raise CrossFlowError("--bank and --instance go together (the instance to edit); give neither to edit a "
                              "model sampled from the space")
@@ -561,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_INVERSION_BATCH, help="t and z_text draws per step")
     p.add_argument("--prior-weight", type=float, default=0.0, help="weight of the Gaussian prior on the coefficients")
     p.add_argument("--seeds", type=int, default=4, help="samples of the inverted model")
+    for name in ("w2w-train", "w2w-sample", "w2w-edit", "w2w-invert"):
+        # The seed-to-seed spread of an instance model's outlines comes from this noise (docs/weight_space.md).
+        verbs.choices[name].add_argument(
+            "--text-temperature", type=float, default=1.0,
+            help="scale of the z_text draws' σ when sampling (1: as trained; 0: μ alone, one image whatever the seed)")
     return parser
 
 

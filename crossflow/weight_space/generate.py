@@ -104,11 +104,18 @@ def sample_instance(
     early: torch.Tensor | None = None,
     targets: Sequence[str] = DEFAULT_TARGETS,
     progress: Callable[[int], None] | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """``num_images`` images (n, 3, S, S) in [0, 1] of the instance model ``vector`` (see :func:`applied`), each from
-    its own z_text draw. LoRA kind: ``early`` / ``t_inject`` for delayed injection (:func:`injected_velocity`)."""
+    its own z_text draw. LoRA kind: ``early`` / ``t_inject`` for delayed injection (:func:`injected_velocity`).
+
+    ``temperature`` scales the z_text draws' σ, as the pipeline's: 1 samples what the model was trained on, 0 gives
+    μ alone (one image, whatever the seed). The base model's seed-to-seed spread of outlines comes from that noise
+    (docs/experiments.md), so lower values trade seed diversity for a steadier identity."""
     if num_images < 1:
         raise CrossFlowError(f"num_images must be positive, got {num_images}")
+    if not temperature >= 0:
+        raise CrossFlowError(f"temperature (the z_text noise scale) must be >= 0, got {temperature}")
     check_t_inject(t_inject)
     if kind == "text" and (t_inject > 0 or early is not None):
         raise CrossFlowError("delayed injection changes weights during the flow; a text-latent point acts only at t = 0")
@@ -117,10 +124,11 @@ def sample_instance(
     with pipe.eval_mode():
         if kind == "text":
             offset = None if vector is None else vector.to(pipe.device)[None]
-            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator, offset)
+            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator, offset, temperature)
             velocity = pipe.velocity_fn(guidance_scale)
         else:
-            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator)
+            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator,
+                                       temperature=temperature)
             velocity = injected_velocity(pipe, vector, early, t_inject, guidance_scale, targets)
         z_image = integrate(velocity, z_text, num_steps=num_steps, solver=solver, progress=progress).x
     return pipe.codec.decode(z_image).float().cpu()

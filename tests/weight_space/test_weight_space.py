@@ -347,6 +347,25 @@ def test_delayed_injection_at_0_is_the_edited_model_and_at_1_the_base(pipe: Cros
 
 
 @pytest.mark.parametrize("kind", ["lora", "text"])
+def test_text_temperature_scales_the_z_text_noise_of_instance_samples(pipe: CrossFlowPipeline, kind: str) -> None:
+    bank = LoraBank.attach(pipe.model, num_instances=1, rank=2, generator=_g()) if kind == "lora" else None
+    if bank is not None:
+        _randomise(bank)
+    vector = bank.deltas([0])[0] if bank is not None else 0.3 * torch.randn(pipe.config.latent_shape, generator=_g(2))
+    prompt = encode_prompt(pipe, instance_caption())
+    common = dict(num_images=3, num_steps=3)
+    images = {t: sample_instance(pipe, prompt, kind, vector, generator=_g(7), temperature=t, **common)
+              for t in (0.0, 0.5, 1.0)}
+    # 1 is the default; 0 draws μ alone, so every seed gives the same image; 0.5 lies between.
+    torch.testing.assert_close(images[1.0], sample_instance(pipe, prompt, kind, vector, generator=_g(7), **common))
+    torch.testing.assert_close(images[0.0], images[0.0][:1].expand_as(images[0.0]))
+    spread = {t: float((images[t] - images[t].mean(0)).abs().mean()) for t in images}
+    assert spread[0.0] < 1e-6 < spread[0.5] < spread[1.0]
+    with pytest.raises(CrossFlowError, match="temperature .* must be >= 0"):
+        sample_instance(pipe, prompt, kind, vector, generator=_g(7), temperature=-0.5, **common)
+
+
+@pytest.mark.parametrize("kind", ["lora", "text"])
 def test_inversion_reduces_the_flow_matching_loss(pipe: CrossFlowPipeline, kind: str) -> None:
     prompt = encode_prompt(pipe, instance_caption())
     z_image = pipe.codec.encode(render_references(sample_instances(1, seed=2), IMAGE_SIZE, np.random.default_rng(0)))
@@ -399,6 +418,8 @@ def test_the_w2w_verbs_run_end_to_end_on_a_tiny_checkpoint(config16: ModelConfig
     space = str(out / "space.safetensors")
     sampled = run("w2w-sample", "--ckpt", model, "--space", space, "--num", "2", "--seeds", "2")
     assert len(sampled["models"]) == 2 and (out / "samples.png").is_file()
+    steady = run("w2w-sample", "--ckpt", model, "--space", space, "--num", "2", "--seeds", "2", "--text-temperature", "0")
+    assert steady["text_temperature"] == 0 and sampled["text_temperature"] == 1
     edited = run("w2w-edit", "--ckpt", model, "--space", space, "--bank", str(out / "bank.safetensors"),
                  "--instance", "5", "--attribute", "aspect", "--amount", "0.3", "--t-inject", "0.2", "--seeds", "2")
     assert (out / "before.png").is_file() and (out / "after.png").is_file() and edited["instance"] == 5
@@ -417,3 +438,7 @@ def test_w2w_verbs_refuse_bad_input_in_one_line(config16: ModelConfig, random_pi
         crossflow_main(["edit", "w2w-edit", "--ckpt", str(tmp_path), "--space", str(tmp_path / "s.safetensors"),
                         "--t-inject", "1.5", "--out", str(tmp_path)])
     assert "t_inject must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        crossflow_main(["edit", "w2w-sample", "--ckpt", str(tmp_path), "--space", str(tmp_path / "s.safetensors"),
+                        "--text-temperature", "-1", "--out", str(tmp_path)])
+    assert "--text-temperature must be >= 0, got -1.0" in capsys.readouterr().err
