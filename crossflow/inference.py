@@ -10,6 +10,7 @@ Used by sample.py, the training callbacks, evaluation and the latent-editing too
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -347,6 +348,21 @@ class CrossFlowPipeline:
         return to_pil(images)
 
 
+def check_temperature(temperature: float, name: str = "temperature",
+                      meaning: str = "1 = the VE's own σ, 0 = μ only") -> None:
+    """Raise a one-line :class:`CrossFlowError` unless ``temperature`` is a finite number >= 0.
+
+    Every entry point that scales a σ (the z_text draws', or a weight space's PC coefficients') checks with this, so
+    a NaN or an infinity is refused too: ``temperature < 0`` lets a NaN through, and the draws then come out NaN.
+    """
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(temperature, bool) or not (math.isfinite(value) and value >= 0):
+        raise CrossFlowError(f"{name} must be a finite number >= 0 ({meaning}), got {temperature!r}")
+
+
 def _check_sampling_args(
     num_steps: int,
     guidance_scale: float,
@@ -359,8 +375,7 @@ def _check_sampling_args(
         raise CrossFlowError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     if not (rtol > 0 and atol > 0):
         raise CrossFlowError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
-    if temperature < 0:
-        raise CrossFlowError(f"temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
+    check_temperature(temperature)
     if num_steps <= 0:
         raise CrossFlowError(f"num_steps must be positive, got {num_steps}")
     if guidance_scale < 1.0:

@@ -10,7 +10,13 @@ import torch
 from tqdm import tqdm
 
 from crossflow.errors import CrossFlowError, exit_on_user_error
-from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline, make_grid
+from crossflow.inference import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_STEPS,
+    CrossFlowPipeline,
+    check_temperature,
+    make_grid,
+)
 from crossflow.sampling import DEFAULT_ATOL, DEFAULT_RTOL, SOLVERS, Solver
 
 
@@ -61,8 +67,7 @@ def sample(
         raise CrossFlowError(f"--steps must be positive, got {steps}")
     if cfg_scale < 1.0:
         raise CrossFlowError(f"--cfg-scale must be >= 1 (1 = no guidance), got {cfg_scale}")
-    if temperature < 0:
-        raise CrossFlowError(f"--temperature must be >= 0 (1 = the VE's own σ, 0 = μ only), got {temperature}")
+    check_temperature(temperature, "--temperature")
     if not prompts or any(not p.strip() for p in prompts):
         raise CrossFlowError("--prompt must be a non-empty string")
     pipe = CrossFlowPipeline.from_pretrained(ckpt, device=device, use_ema=not no_ema, lora=lora, lora_scale=lora_scale)

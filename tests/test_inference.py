@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -102,8 +103,9 @@ def test_temperature_zero_samples_mu_and_ignores_the_seed(pipe: CrossFlowPipelin
     full = pipe.encode_prompts(PROMPTS, generator=_seed(3))
     half = pipe.encode_prompts(PROMPTS, generator=_seed(3), temperature=0.5)
     torch.testing.assert_close(half - mu, 0.5 * (full - mu), atol=1e-5, rtol=1e-4)
-    with pytest.raises(CrossFlowError, match="temperature"):
-        pipe(PROMPTS, num_steps=STEPS, temperature=-1.0)
+    for bad in (-1.0, math.nan, math.inf):  # a NaN or inf would turn every draw into NaN
+        with pytest.raises(CrossFlowError, match="temperature must be a finite number >= 0"):
+            pipe(PROMPTS, num_steps=STEPS, temperature=bad)
 
 
 def test_sampling_restores_training_mode(pipe: CrossFlowPipeline) -> None:

@@ -153,7 +153,8 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pyte
         (["--prompt", " "], "non-empty"),
         (["--prompt", "a red circle", "--steps", "0"], "--steps must be positive"),
         (["--prompt", "a red circle", "--cfg-scale", "0.5"], "--cfg-scale must be >= 1"),
-        (["--prompt", "a red circle", "--temperature", "-0.5"], "--temperature must be >= 0"),
+        (["--prompt", "a red circle", "--temperature", "-0.5"], "--temperature must be a finite number >= 0"),
+        (["--prompt", "a red circle", "--temperature", "nan"], "--temperature must be a finite number >= 0"),
     ],
 )
 def test_sample_cli_bad_input_is_one_line(

@@ -49,7 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from crossflow.errors import CrossFlowError
-from crossflow.inference import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS, CrossFlowPipeline
+from crossflow.inference import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_STEPS,
+    CrossFlowPipeline,
+    check_temperature,
+)
 from crossflow.models.transformer import AttnOutHook, FlowTransformer
 from crossflow.sampling import SOLVERS, Solver, integrate, time_grid
 
@@ -320,8 +325,7 @@ def _check_sampling(pipe: CrossFlowPipeline, num_steps: int, guidance_scale: flo
         raise CrossFlowError(f"guidance scale must be >= 1 (1 = no guidance), got {guidance_scale}")
     if solver not in SOLVERS:
         raise CrossFlowError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-    if not temperature >= 0:
-        raise CrossFlowError(f"temperature must be >= 0, got {temperature}")
+    check_temperature(temperature)
 
 
 def _decode(pipe: CrossFlowPipeline, latents: torch.Tensor) -> torch.Tensor:
@@ -386,8 +390,7 @@ def same_noise_latents(
     prompts, or one per prompt. τ = 0: the VE means.
     """
     base, edit = _paired(prompts, edit_prompts)
-    if not temperature >= 0:
-        raise CrossFlowError(f"temperature must be >= 0, got {temperature}")
+    check_temperature(temperature)
     if generator is None:  # one seed from the global RNG, so both draws can share it
         generator = torch.Generator(pipe.device).manual_seed(int(torch.randint(0, 2**62, ())))
     twin = torch.Generator(generator.device)

@@ -38,6 +38,7 @@ from crossflow.inference import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     CrossFlowPipeline,
+    check_temperature,
     make_grid,
     to_pil,
 )
@@ -391,9 +392,10 @@ def _check_w2w_args(args: argparse.Namespace) -> None:
 
     if hasattr(args, "t_inject"):
         check_t_inject(args.t_inject)
-    for name in ("temperature", "text_temperature"):
-        if getattr(args, name, 1.0) < 0:
-            raise CrossFlowError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if hasattr(args, "temperature"):
+        check_temperature(args.temperature, "--temperature", "the scale of the PC coefficients' std")
+    if hasattr(args, "text_temperature"):
+        check_temperature(args.text_temperature, "--text-temperature", "the scale of the z_text draws' σ")
     for name in ("space", "bank"):
         path = getattr(args, name, None)
         if path is not None and not Path(path).is_file():

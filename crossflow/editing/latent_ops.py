@@ -32,6 +32,7 @@ from crossflow.inference import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     CrossFlowPipeline,
+    check_temperature,
     make_grid,
     to_pil,
 )
@@ -296,8 +297,7 @@ def interpolate_with_alphas(
     """
     if num_frames < 2:
         raise CrossFlowError(f"num_frames must be at least 2 (the two prompts), got {num_frames}")
-    if temperature < 0:
-        raise CrossFlowError(f"temperature must be >= 0, got {temperature}")
+    check_temperature(temperature)
     if spacing not in SPACINGS:
         raise CrossFlowError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
     if arc_rounds < 0:
@@ -487,8 +487,7 @@ def arithmetic(
         raise CrossFlowError("latent arithmetic needs at least one term")
     if num_seeds < 1:
         raise CrossFlowError(f"num_seeds must be positive, got {num_seeds}")
-    if temperature < 0:
-        raise CrossFlowError(f"temperature must be >= 0, got {temperature}")
+    check_temperature(temperature)
     prompts = list(dict.fromkeys(p for _, p in terms))  # each distinct prompt encoded once
     posterior = text_posterior(pipe, prompts)
     index = {p: i for i, p in enumerate(prompts)}

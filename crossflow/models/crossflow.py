@@ -40,8 +40,8 @@ class CrossFlowModel(FlowModel):
         τ = 1 draws from the VE's N(μ, σ²) as in training; τ = 0 is μ itself (one image per prompt);
         in between trades diversity for fidelity, like the truncation trick of GANs.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not (math.isfinite(temperature) and temperature >= 0):  # a NaN passes `temperature < 0`
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         if temperature == 0:
             z = mu
         else:

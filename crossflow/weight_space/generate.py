@@ -22,7 +22,7 @@ import torch
 
 from crossflow.data.shapes import Instance, render_instance
 from crossflow.errors import CrossFlowError
-from crossflow.inference import DEFAULT_NUM_STEPS, CrossFlowPipeline
+from crossflow.inference import DEFAULT_NUM_STEPS, CrossFlowPipeline, check_temperature
 from crossflow.sampling import Solver, VelocityFn, integrate
 from crossflow.weight_space.bank import DEFAULT_TARGETS, LoraBank
 from crossflow.weight_space.objective import PromptLatent, draw_text_latents
@@ -114,8 +114,7 @@ def sample_instance(
     (docs/experiments.md), so lower values trade seed diversity for a steadier identity."""
     if num_images < 1:
         raise CrossFlowError(f"num_images must be positive, got {num_images}")
-    if not temperature >= 0:
-        raise CrossFlowError(f"temperature (the z_text noise scale) must be >= 0, got {temperature}")
+    check_temperature(temperature, "temperature (the z_text noise scale)")
     check_t_inject(t_inject)
     if kind == "text" and (t_inject > 0 or early is not None):
         raise CrossFlowError("delayed injection changes weights during the flow; a text-latent point acts only at t = 0")

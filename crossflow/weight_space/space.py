@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from crossflow.checkpoint import read_tagged_safetensors
 from crossflow.errors import CrossFlowError
+from crossflow.inference import check_temperature
 
 if TYPE_CHECKING:
     from crossflow.weight_space.bank import BankRecord
@@ -149,8 +150,9 @@ class WeightSpace:
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         """``n`` coefficient vectors from N(0, diag(variances)): the Gaussian the collection's coefficients span
         (their mean is 0, the collection having been centred). ``temperature`` scales the std."""
-        if n < 1 or temperature < 0:
-            raise CrossFlowError(f"need n >= 1 and temperature >= 0, got {n} and {temperature}")
+        if n < 1:
+            raise CrossFlowError(f"need n >= 1 models to sample, got {n}")
+        check_temperature(temperature, meaning="the scale of the coefficients' std: 1 = the collection's spread")
         noise = torch.randn(n, self.k, generator=generator)
         return noise * self.variances.sqrt() * temperature
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,9 @@ def test_pca_at_full_rank_reconstructs_the_collection_and_encode_decode_is_ident
     torch.testing.assert_close(small.encode(small.decode(coeffs)), coeffs, rtol=1e-4, atol=1e-4)
     assert torch.all(small.variances[:-1] >= small.variances[1:])  # components in order of variance
     assert small.sample(7, _g(2)).shape == (7, 4)
+    for n, bad in ((0, 1.0), (3, -1.0), (3, math.nan)):
+        with pytest.raises(CrossFlowError, match="need n >= 1|temperature must be a finite number >= 0"):
+            small.sample(n, _g(2), temperature=bad)
     with pytest.raises(CrossFlowError, match="k must be in"):
         WeightSpace.fit(vectors, k=25)
 
@@ -361,8 +365,9 @@ def test_text_temperature_scales_the_z_text_noise_of_instance_samples(pipe: Cros
     torch.testing.assert_close(images[0.0], images[0.0][:1].expand_as(images[0.0]))
     spread = {t: float((images[t] - images[t].mean(0)).abs().mean()) for t in images}
     assert spread[0.0] < 1e-6 < spread[0.5] < spread[1.0]
-    with pytest.raises(CrossFlowError, match="temperature .* must be >= 0"):
-        sample_instance(pipe, prompt, kind, vector, generator=_g(7), temperature=-0.5, **common)
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(CrossFlowError, match="temperature .* must be a finite number >= 0"):
+            sample_instance(pipe, prompt, kind, vector, generator=_g(7), temperature=bad, **common)
 
 
 @pytest.mark.parametrize("kind", ["lora", "text"])
@@ -441,4 +446,10 @@ def test_w2w_verbs_refuse_bad_input_in_one_line(config16: ModelConfig, random_pi
     with pytest.raises(SystemExit):
         crossflow_main(["edit", "w2w-sample", "--ckpt", str(tmp_path), "--space", str(tmp_path / "s.safetensors"),
                         "--text-temperature", "-1", "--out", str(tmp_path)])
-    assert "--text-temperature must be >= 0, got -1.0" in capsys.readouterr().err
+    assert "--text-temperature must be a finite number >= 0 (the scale of the z_text draws' σ), got -1.0" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a NaN passes a plain `< 0` check and would sample NaN images
+        crossflow_main(["edit", "w2w-sample", "--ckpt", str(tmp_path), "--space", str(tmp_path / "s.safetensors"),
+                        "--temperature", "nan", "--out", str(tmp_path)])
+    assert "--temperature must be a finite number >= 0 (the scale of the PC coefficients' std), got nan" \
+        in capsys.readouterr().err
