@@ -57,6 +57,10 @@ class ShapesGeneration:
     Higher values train the flow on more under-specified captions (configs/data/omit.yaml)."""
     p_omit_position: float = P_OMIT
     """How often a caption leaves the position out, independently of the size."""
+    supersample: int = 1
+    """Samples per pixel side when rendering. 1 (DESIGN.md's spec) fills a pixel when its centre is inside the
+    shape; N > 1 gives each pixel the fraction of its N x N samples inside, anti-aliasing the outline so the image
+    moves smoothly with the jittered centre (configs/data/antialias.yaml; docs/experiments.md measured it)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.blend_fraction < 1.0:
@@ -64,6 +68,8 @@ class ShapesGeneration:
         for name in ("p_omit_size", "p_omit_position"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CrossFlowError(f"generate_shapes.{name} must be in [0, 1], got {getattr(self, name)}")
+        if isinstance(self.supersample, bool) or not isinstance(self.supersample, int) or self.supersample < 1:
+            raise CrossFlowError(f"generate_shapes.supersample must be an integer >= 1, got {self.supersample!r}")
 
 
 class TrainLoader(StatefulDataLoader):
@@ -181,6 +187,8 @@ class ShardDataModule(pl.LightningDataModule):
             for name in ("p_omit_size", "p_omit_position"):  # likewise, only when not the spec's
                 if getattr(gen, name) != P_OMIT:
                     wanted[name] = getattr(gen, name)
+            if gen.supersample != 1:
+                wanted["supersample"] = gen.supersample
             record = os.path.join(shards, GENERATION_RECORD)
             if os.path.isdir(shards) and any(f.endswith(".tar") for f in os.listdir(shards)):
                 if os.path.exists(record):
@@ -196,7 +204,8 @@ class ShardDataModule(pl.LightningDataModule):
 
             write_shapes_shards(shards, num, seed=seed, samples_per_shard=gen.samples_per_shard,
                                 image_size=self.image_size, holdout=gen.holdout, blend_fraction=blend,
-                                p_omit_size=gen.p_omit_size, p_omit_position=gen.p_omit_position)
+                                p_omit_size=gen.p_omit_size, p_omit_position=gen.p_omit_position,
+                                supersample=gen.supersample)
             with open(record, "w") as f:
                 json.dump(wanted, f)
 

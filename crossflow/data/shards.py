@@ -70,12 +70,14 @@ def write_shapes_shards(
     blend_fraction: float = 0.0,
     p_omit_size: float = P_OMIT,
     p_omit_position: float = P_OMIT,
+    supersample: int = 1,
 ) -> list[str]:
     """Generate ``num_samples`` shapes samples from ``seed`` into tar shards; returns the shard paths in order.
 
     With ``blend_fraction`` > 0 the blends (:class:`~crossflow.data.shapes.Blend`) also carry a ``blend.json``
     member, B's caption and α (crossflow.data.decode reads it back). ``p_omit_size`` / ``p_omit_position``: how often
-    a caption leaves size / position out (DESIGN.md's spec: 0.15 each)."""
+    a caption leaves size / position out (DESIGN.md's spec: 0.15 each). ``supersample`` > 1 anti-aliases the
+    outlines (:class:`~crossflow.data.shapes.ShapesGenerator`); 1 is the spec's crisp rendering."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}.")
     if samples_per_shard <= 0:
@@ -83,7 +85,7 @@ def write_shapes_shards(
     # Build the generator first so bad arguments fail before anything touches the disk.
     generator = ShapesGenerator(seed, image_size=image_size, phrasing=phrasing, holdout=holdout,
                                 blend_fraction=blend_fraction, p_omit_size=p_omit_size,
-                                p_omit_position=p_omit_position)
+                                p_omit_position=p_omit_position, supersample=supersample)
     _prepare_dir(out_dir, overwrite)
     written: list[str] = []
     pattern = os.path.join(out_dir, f"{SHARD_PREFIX}%06d.tar")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from crossflow.data.pipeline import expand_shards
+from crossflow.data.shapes import COLORS
 from crossflow.datamodule import GENERATION_RECORD, ShapesGeneration, ShardDataModule
 from crossflow.errors import CrossFlowError
 
@@ -73,3 +77,33 @@ def test_caption_omission_rates_reach_both_splits_and_the_record(tmp_path: Path)
         ShardDataModule(str(tmp_path / "train"), None, image_size=16, generate_shapes=spec).prepare_data()
     with pytest.raises(CrossFlowError, match="p_omit_position must be in"):
         ShapesGeneration(p_omit_position=1.5)
+
+
+def _off_palette_pixels(root: Path) -> int:
+    """Pixels of the PNGs under ``root`` that are neither black nor exactly a palette colour."""
+    palette = {(0, 0, 0), *COLORS.values()}
+    count = 0
+    for url in expand_shards(str(root)):
+        with tarfile.open(url) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".png"):
+                    rgb = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read()))).reshape(-1, 3)
+                    count += sum(tuple(int(v) for v in px) not in palette for px in rgb)
+    return count
+
+
+def test_supersampling_reaches_the_shards_and_the_record(tmp_path: Path) -> None:
+    # configs/data/antialias.yaml: anti-aliased outlines; 1 (the spec) is recorded as nothing, as before.
+    gen = ShapesGeneration(num_train=40, num_val=10, seed=3, samples_per_shard=40, supersample=4)
+    ShardDataModule(str(tmp_path / "train"), str(tmp_path / "val"), image_size=16, generate_shapes=gen).prepare_data()
+    spec = ShapesGeneration(num_train=40, num_val=10, seed=3, samples_per_shard=40)
+    ShardDataModule(str(tmp_path / "spec"), None, image_size=16, generate_shapes=spec).prepare_data()
+    assert _off_palette_pixels(tmp_path / "spec") == 0  # crisp: every pixel black or a palette colour
+    assert _off_palette_pixels(tmp_path / "train") > 40  # part-covered outline pixels in every image
+    for split in ("train", "val"):
+        assert json.loads((tmp_path / split / GENERATION_RECORD).read_text())["supersample"] == 4
+    assert "supersample" not in json.loads((tmp_path / "spec" / GENERATION_RECORD).read_text())
+    with pytest.raises(CrossFlowError, match="generated with"):  # crisp data is other data
+        ShardDataModule(str(tmp_path / "train"), None, image_size=16, generate_shapes=spec).prepare_data()
+    with pytest.raises(CrossFlowError, match="supersample must be an integer >= 1"):
+        ShapesGeneration(supersample=0)
