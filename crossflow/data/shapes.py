@@ -115,12 +115,13 @@ def _shape_coverage(
     shape: str, cx: float, cy: float, half: float, image_size: int, aspect: float = 1.0, supersample: int = 1
 ) -> np.ndarray:
     """Float (S, S) fraction of each pixel the shape covers, from ``supersample`` x ``supersample`` sample points
-    per pixel (the centres of a finer grid). 1 is :func:`_shape_mask` itself (0 or 1: the spec's crisp pixels).
+    per pixel (the centres of a finer grid; the caller checked it). 1 is :func:`_shape_mask` itself (0 or 1: the
+    spec's crisp pixels).
 
     With more samples a pixel on the outline gets the share of it inside the shape, so the image changes
     continuously with the jittered centre instead of a column at a time. (That does not make the demo's outlines
     cleaner: docs/experiments.md, "where the ragged outlines come from".)"""
-    n = _check_supersample(supersample)
+    n = supersample
     if n == 1:
         return _shape_mask(shape, cx, cy, half, image_size, aspect).astype(np.float64)
     fine = _shape_mask(shape, cx * n, cy * n, half * n, image_size * n, aspect)  # every length scales by n

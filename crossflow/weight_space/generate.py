@@ -121,14 +121,11 @@ def sample_instance(
     if kind not in ("lora", "text"):
         raise CrossFlowError(f"unknown space kind {kind!r}; expected 'lora' or 'text'")
     with pipe.eval_mode():
-        if kind == "text":
-            offset = None if vector is None else vector.to(pipe.device)[None]
-            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator, offset, temperature)
-            velocity = pipe.velocity_fn(guidance_scale)
-        else:
-            z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator,
-                                       temperature=temperature)
-            velocity = injected_velocity(pipe, vector, early, t_inject, guidance_scale, targets)
+        # A text-kind model is an offset of the VE mean; a LoRA-kind model changes the flow's weights instead.
+        offset = vector.to(pipe.device)[None] if kind == "text" and vector is not None else None
+        z_text = draw_text_latents(pipe.model, prompt.to(pipe.device), num_images, generator, offset, temperature)
+        velocity = (pipe.velocity_fn(guidance_scale) if kind == "text"
+                    else injected_velocity(pipe, vector, early, t_inject, guidance_scale, targets))
         z_image = integrate(velocity, z_text, num_steps=num_steps, solver=solver, progress=progress).x
     return pipe.codec.decode(z_image).float().cpu()
 
